@@ -1,0 +1,273 @@
+"""The Internet (SMTP/IMAP/POP3) account form, shared by personal and global pages."""
+
+from collections.abc import Callable, Iterable
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    EmailField,
+    Field,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import ValidationError
+
+from .. import presets, validation
+
+SECURITY_CHOICES = [
+    SelectChoice("starttls", "STARTTLS"),
+    SelectChoice("ssl", "SSL/TLS (implicit)"),
+    SelectChoice("none", "None (unencrypted)"),
+]
+AUTH_CHOICES = [
+    SelectChoice("password", "User name and password"),
+    SelectChoice("none", "None"),
+]
+READ_PROTOCOL_CHOICES = [
+    SelectChoice("", "Do not read mail"),
+    SelectChoice("imap", "IMAP"),
+    SelectChoice("pop3", "POP3"),
+]
+
+SERVER_FIELDS = (
+    "email_address",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+    "smtp_auth",
+    "smtp_username",
+    "smtp_password",
+    "trusted_fingerprint",
+)
+READ_FIELDS = (
+    "read_protocol",
+    "read_host",
+    "read_port",
+    "read_security",
+    "read_username",
+    "read_password",
+    "read_folder",
+)
+NAME_FIELDS = ("friendly_name", "description", "from_name", "enabled")
+
+
+def normalised_by(function: Callable[[str], object]):
+    """Wrap a ``validation`` function as a WTForms validator.
+
+    The function's return value replaces the field's data, so the service
+    receives normalised values (IDNA host names, integer ports).
+    """
+
+    def validator(form, field):
+        if field.data in (None, ""):
+            return
+        try:
+            field.data = function(field.data)
+        except ValueError as error:
+            raise ValidationError(str(error)) from error
+
+    return validator
+
+
+def header_value(max_length: int):
+    return normalised_by(lambda value: validation.check_header_value(value, max_length))
+
+
+class InternetAccountForm(FlaskForm):
+    preset = SelectField("Default settings", choices=[], validate_choice=False)
+
+    email_address = EmailField(
+        "Email address", validators=[normalised_by(validation.normalise_email)]
+    )
+    smtp_host = StringField(
+        "SMTP server", validators=[normalised_by(validation.normalise_host)]
+    )
+    smtp_port = StringField(
+        "Port", default="587", validators=[normalised_by(validation.parse_port)]
+    )
+    smtp_security = SelectField("Security", choices=SECURITY_CHOICES, default="starttls")
+    smtp_auth = SelectField("Authentication", choices=AUTH_CHOICES, default="password")
+    smtp_username = StringField("User name", validators=[header_value(320)])
+    smtp_password = PasswordField("Password")
+
+    read_protocol = SelectField("Read mail with", choices=READ_PROTOCOL_CHOICES, default="")
+    read_host = StringField(
+        "Incoming server", validators=[normalised_by(validation.normalise_host)]
+    )
+    read_port = StringField("Port", validators=[normalised_by(validation.parse_port)])
+    read_security = SelectField("Security", choices=SECURITY_CHOICES, default="ssl")
+    read_username = StringField("User name", validators=[header_value(320)])
+    read_password = PasswordField("Password")
+    read_folder = StringField("Folder", default="INBOX", validators=[header_value(200)])
+
+    trusted_fingerprint = StringField(
+        "Trusted certificate (SHA-256 fingerprint)",
+        validators=[normalised_by(validation.normalise_fingerprint)],
+    )
+
+    test_to = EmailField(
+        "Send the test message to",
+        validators=[normalised_by(validation.normalise_email)],
+    )
+
+    friendly_name = StringField("Friendly name", validators=[header_value(100)])
+    description = TextAreaField("Description")
+    from_name = StringField("From display name", validators=[header_value(200)])
+    enabled = BooleanField("Enabled", default=True)
+
+    def __init__(self, *args, stored_secrets: Iterable[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.preset.choices = [SelectChoice("", "Choose a provider…")] + [
+            SelectChoice(preset.key, preset.label) for preset in presets.all_presets()
+        ]
+        # Names of secrets already stored on the account being edited.
+        self.stored_secrets = set(stored_secrets)
+        # Secrets typed on this request or carried over from a failed one.
+        self.typed_secrets: dict[str, str] = {}
+        self.warnings: dict[str, str] = {}
+        self.preset_note = ""
+
+    # -- validation in steps ------------------------------------------------
+
+    def validate_server_settings(self, include_read: bool = True) -> bool:
+        """Validate the fields a test needs; names are not needed yet."""
+        names = SERVER_FIELDS + (READ_FIELDS if include_read else ())
+        ok = self._run_validators(names)
+        ok = self._check_required_server_fields(include_read) and ok
+        self._collect_warnings()
+        return ok
+
+    def validate_read_settings(self) -> bool:
+        ok = self._run_validators(READ_FIELDS + ("trusted_fingerprint",))
+        if not self.read_protocol.data:
+            self.read_protocol.errors.append("Choose IMAP or POP3 to test reading.")
+            ok = False
+        return self._check_required_read_fields() and ok
+
+    def validate_test_destination(self) -> bool:
+        ok = self._run_validators(("test_to",))
+        if not self.test_to.data:
+            self.test_to.errors.append("Enter the address the test message goes to.")
+            ok = False
+        return ok
+
+    def validate_all(self) -> bool:
+        ok = self.validate_server_settings()
+        ok = self._run_validators(NAME_FIELDS) and ok
+        if not self.friendly_name.data:
+            self.friendly_name.errors.append(
+                "Enter a friendly name; it is shown in every list of accounts."
+            )
+            ok = False
+        if self.description.data and len(self.description.data) > 500:
+            self.description.errors.append("Keep the description to 500 characters.")
+            ok = False
+        return ok
+
+    def _run_validators(self, names: Iterable[str]) -> bool:
+        ok = True
+        for name in names:
+            field: Field = self[name]
+            if isinstance(field.data, str):
+                field.data = field.data.strip() if name != "smtp_password" else field.data
+            if not field.validate(self):
+                ok = False
+        return ok
+
+    def _require(self, field: Field, message: str) -> bool:
+        if field.data in (None, "") and not field.errors:
+            field.errors.append(message)
+            return False
+        return True
+
+    def _check_required_server_fields(self, include_read: bool) -> bool:
+        ok = self._require(self.email_address, "Enter the account's email address.")
+        ok = self._require(self.smtp_host, "Enter the SMTP server's host name.") and ok
+        ok = self._require(self.smtp_port, "Enter the SMTP port, usually 587.") and ok
+        if self.smtp_auth.data == "password":
+            ok = self._require(self.smtp_username, "Enter the user name to sign in with.") and ok
+            if not self.has_secret("smtp_password"):
+                self.smtp_password.errors.append("Enter the password to sign in with.")
+                ok = False
+        if include_read and self.read_protocol.data:
+            ok = self._check_required_read_fields() and ok
+        return ok
+
+    def _check_required_read_fields(self) -> bool:
+        if not self.read_protocol.data:
+            return True
+        ok = self._require(self.read_host, "Enter the incoming mail server's host name.")
+        ok = self._require(self.read_port, "Enter the incoming mail server's port.") and ok
+        ok = self._require(self.read_username, "Enter the user name to sign in with.") and ok
+        if not self.has_secret("read_password"):
+            self.read_password.errors.append("Enter the password to sign in with.")
+            ok = False
+        return ok
+
+    def _collect_warnings(self) -> None:
+        pairs = [("smtp_port", "smtp_security", "smtp")]
+        if self.read_protocol.data:
+            pairs.append(("read_port", "read_security", self.read_protocol.data))
+        for port_name, security_name, protocol in pairs:
+            port = self[port_name].data
+            if isinstance(port, int):
+                warning = validation.security_port_warning(
+                    port, self[security_name].data, protocol
+                )
+                if warning:
+                    self.warnings[port_name] = warning
+        for host_name in ("smtp_host", "read_host"):
+            host = self[host_name].data
+            if isinstance(host, str) and host and presets.is_microsoft365_host(host):
+                self.warnings[host_name] = (
+                    "This host belongs to Microsoft 365, which refuses password "
+                    "sign-in for SMTP, IMAP and POP, so signing in with a "
+                    "password is expected to fail (SMTP answers 535 5.7.139)."
+                )
+        if self.smtp_auth.data == "password" and self.smtp_security.data == "none":
+            self.warnings["smtp_security"] = (
+                "Without encryption the password crosses the network in clear "
+                "text. Choose STARTTLS or SSL/TLS unless the server is on a "
+                "trusted network."
+            )
+
+    # -- secrets ------------------------------------------------------------
+
+    def has_secret(self, name: str) -> bool:
+        return bool(self.typed_secrets.get(name)) or name in self.stored_secrets
+
+    def apply_preset(self, key: str) -> bool:
+        """Fill the send and read settings from a provider preset.
+
+        The read protocol already chosen is kept when the provider offers it;
+        otherwise IMAP is preferred. Names, address and passwords stay as typed.
+        """
+        preset = presets.get_preset(key)
+        if preset is None:
+            self.preset.errors = ["Choose a provider from the list."]
+            return False
+        self.smtp_host.data = preset.smtp.host
+        self.smtp_port.data = str(preset.smtp.port)
+        self.smtp_security.data = str(preset.smtp.security)
+        self.smtp_auth.data = "password" if preset.smtp_auth_required else "none"
+
+        servers = {"imap": preset.imap, "pop3": preset.pop3}
+        protocol = self.read_protocol.data
+        if not servers.get(protocol):
+            protocol = "imap" if preset.imap else ("pop3" if preset.pop3 else "")
+        self.read_protocol.data = protocol
+        if protocol:
+            server = servers[protocol]
+            self.read_host.data = server.host
+            self.read_port.data = str(server.port)
+            self.read_security.data = str(server.security)
+
+        if self.email_address.data:
+            self.smtp_username.data = self.smtp_username.data or self.email_address.data
+            if protocol:
+                self.read_username.data = self.read_username.data or self.email_address.data
+        self.preset_note = preset.note
+        return True

@@ -1,0 +1,46 @@
+"""Who owns the accounts a blueprint shows, and who may reach its pages."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import abort, url_for
+from flask_login import current_user
+
+from ..extensions import db
+from ..models import EmailAccount
+
+
+@dataclass(frozen=True)
+class AccountScope:
+    blueprint: str
+    title: str
+    trail: tuple[str, ...]  # breadcrumb labels above the account list
+    personal: bool
+    guard: Callable  # decorator that authorises the request
+
+    def owner_id(self) -> int | None:
+        """The owner of accounts created here: the staff member, or None for global."""
+        return current_user.id if self.personal else None
+
+    def get_account(self, account_id: int) -> EmailAccount:
+        """Return the account if it belongs to this scope, else 404.
+
+        A staff member asking for someone else's personal account gets the
+        same 404 as for a missing one, so ids reveal nothing.
+        """
+        account = db.session.get(EmailAccount, account_id)
+        if account is None or account.owner_id != self.owner_id():
+            abort(404)
+        return account
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.blueprint}.{name}"
+
+    def url(self, name: str, **values) -> str:
+        return url_for(self.endpoint(name), **values)
+
+    def breadcrumbs(self, *extra: tuple[str, str | None]) -> list[tuple[str, str | None]]:
+        crumbs: list[tuple[str, str | None]] = [(label, None) for label in self.trail]
+        crumbs.append((self.title, self.url("list_accounts") if extra else None))
+        crumbs.extend(extra)
+        return crumbs

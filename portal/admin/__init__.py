@@ -1,0 +1,18 @@
+"""Administration pages, reachable by administrators only."""
+
+from flask import Blueprint
+
+from ..accounts import AccountScope, register_account_views
+from ..auth.session import admin_required
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+SCOPE = AccountScope(
+    blueprint="admin",
+    title="Global email accounts",
+    trail=("Administration", "System administration"),
+    personal=False,
+    guard=admin_required,
+)
+
+register_account_views(bp, SCOPE, prefix="/email-accounts")

@@ -1,0 +1,97 @@
+"""Configuration read from ``PORTAL_*`` environment variables.
+
+Two modes exist. The embedded default (``PORTAL_MODE`` unset or ``embedded``)
+runs on an SQLite file in the instance folder and creates its own session and
+encryption keys there on first start. ``PORTAL_MODE=production`` creates
+nothing: every required variable must be set, and start-up stops with a
+message naming the first one that is missing.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+PREFIX = "PORTAL_"
+REQUIRED_IN_PRODUCTION = ("SECRET_KEY", "ENCRYPTION_KEYS", "DATABASE_URL")
+
+
+class ConfigurationError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> dict:
+    """Build the Flask config mapping from the environment.
+
+    ``environ`` defaults to ``os.environ``; tests pass their own mapping.
+    """
+    environ = os.environ if environ is None else environ
+    mode = environ.get(PREFIX + "MODE", "embedded")
+    if mode not in ("embedded", "production"):
+        raise ConfigurationError(
+            f"{PREFIX}MODE must be 'embedded' or 'production', not {mode!r}."
+        )
+
+    if mode == "production":
+        for name in REQUIRED_IN_PRODUCTION:
+            if not environ.get(PREFIX + name, "").strip():
+                raise ConfigurationError(
+                    f"{PREFIX}{name} is not set. It is required when "
+                    f"{PREFIX}MODE=production."
+                )
+
+    instance = Path(instance_path)
+    settings = {
+        "PORTAL_MODE": mode,
+        "SECRET_KEY": environ.get(PREFIX + "SECRET_KEY")
+        or _instance_secret(instance / "session_key", secrets.token_urlsafe(48)),
+        "ENCRYPTION_KEYS": _parse_keys(
+            environ.get(PREFIX + "ENCRYPTION_KEYS")
+            or _instance_secret(
+                instance / "encryption_keys", Fernet.generate_key().decode()
+            )
+        ),
+        "SQLALCHEMY_DATABASE_URI": environ.get(PREFIX + "DATABASE_URL")
+        or f"sqlite:///{instance / 'portal.sqlite3'}",
+        "ADMIN_PASSWORD": environ.get(PREFIX + "ADMIN_PASSWORD") or None,
+        "START_WORKER": environ.get(PREFIX + "START_WORKER", "1") == "1",
+        "SMTP_TIMEOUT": float(environ.get(PREFIX + "SMTP_TIMEOUT", "15")),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": environ.get(PREFIX + "SECURE_COOKIES", "0") == "1",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    }
+    return settings
+
+
+def _parse_keys(value: str) -> list[str]:
+    """Split a comma- or newline-separated key list; the first key encrypts."""
+    keys = [key.strip() for key in value.replace("\n", ",").split(",") if key.strip()]
+    if not keys:
+        raise ConfigurationError(f"{PREFIX}ENCRYPTION_KEYS contains no key.")
+    for key in keys:
+        try:
+            Fernet(key)
+        except ValueError as error:
+            raise ConfigurationError(
+                f"{PREFIX}ENCRYPTION_KEYS contains a malformed key: each key must "
+                "be 32 bytes in URL-safe base64 (generate one with "
+                "`flask --app portal generate-key`)."
+            ) from error
+    return keys
+
+
+def _instance_secret(path: Path, new_value: str) -> str:
+    """Read a secret kept in the instance folder, creating it on first use.
+
+    The file is created with mode 0600 so only the portal's user can read it.
+    """
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(new_value + "\n")
+    return new_value

@@ -1,0 +1,1 @@
+"""Business rules, called by the blueprints; nothing here reads the request."""

@@ -1,0 +1,203 @@
+"""Creating, editing, enabling and deleting email accounts, and their secrets."""
+
+import logging
+
+from sqlalchemy import func, select
+
+from .. import crypto
+from ..extensions import db
+from ..models import AccountSecret, EmailAccount
+from ..transports.base import ReadSettings, Security, SmtpSettings
+
+log = logging.getLogger(__name__)
+
+INTERNET = "internet"
+SECRET_NAMES = ("smtp_password", "read_password")
+
+
+class AccountError(ValueError):
+    """A change to an account was rejected; the message says why."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# -- secrets ---------------------------------------------------------------
+
+
+def get_secret(account: EmailAccount, name: str) -> str:
+    for secret in account.secrets:
+        if secret.name == name:
+            return crypto.decrypt(secret.ciphertext)
+    return ""
+
+
+def set_secret(account: EmailAccount, name: str, value: str | None) -> None:
+    """Store ``value`` encrypted; None or "" removes the secret."""
+    existing = next((s for s in account.secrets if s.name == name), None)
+    if not value:
+        if existing is not None:
+            account.secrets.remove(existing)
+        return
+    if existing is None:
+        account.secrets.append(AccountSecret(name=name, ciphertext=crypto.encrypt(value)))
+    else:
+        existing.ciphertext = crypto.encrypt(value)
+
+
+# -- queries ---------------------------------------------------------------
+
+
+def friendly_name_taken(owner_id: int | None, name: str, exclude_id: int | None) -> bool:
+    """True when another account of the same owner (or another global account) has ``name``."""
+    query = select(EmailAccount.id).where(
+        func.coalesce(EmailAccount.owner_id, 0) == (owner_id or 0),
+        func.lower(EmailAccount.friendly_name) == name.lower(),
+    )
+    if exclude_id is not None:
+        query = query.where(EmailAccount.id != exclude_id)
+    return db.session.scalar(query.limit(1)) is not None
+
+
+def list_accounts(owner_id: int | None) -> list[EmailAccount]:
+    """Personal accounts of ``owner_id``, or the global accounts when it is None."""
+    if owner_id is None:
+        condition = EmailAccount.owner_id.is_(None)
+    else:
+        condition = EmailAccount.owner_id == owner_id
+    query = select(EmailAccount).where(condition).order_by(func.lower(EmailAccount.friendly_name))
+    return list(db.session.scalars(query))
+
+
+# -- the Internet account type ------------------------------------------------
+
+
+def form_data_from_account(account: EmailAccount) -> dict:
+    """Return the form's initial values for ``account``; secrets are left out."""
+    smtp = account.settings.get("smtp", {})
+    read = account.settings.get("read") or {}
+    return {
+        "email_address": account.email_address,
+        "from_name": account.from_name,
+        "friendly_name": account.friendly_name,
+        "description": account.description,
+        "enabled": account.enabled,
+        "smtp_host": smtp.get("host", ""),
+        "smtp_port": str(smtp.get("port", "")),
+        "smtp_security": smtp.get("security", "starttls"),
+        "smtp_auth": smtp.get("auth", "password"),
+        "smtp_username": smtp.get("username", ""),
+        "read_protocol": read.get("protocol", ""),
+        "read_host": read.get("host", ""),
+        "read_port": str(read.get("port", "")),
+        "read_security": read.get("security", "ssl"),
+        "read_username": read.get("username", ""),
+        "read_folder": read.get("folder", "INBOX"),
+        "trusted_fingerprint": account.settings.get("trusted_fingerprint", ""),
+    }
+
+
+def settings_from_form(form) -> dict:
+    """Build the stored settings mapping from a validated form."""
+    settings = {
+        "smtp": {
+            "host": form.smtp_host.data,
+            "port": int(form.smtp_port.data),
+            "security": form.smtp_security.data,
+            "auth": form.smtp_auth.data,
+            "username": form.smtp_username.data if form.smtp_auth.data == "password" else "",
+        },
+        "read": None,
+        "trusted_fingerprint": form.trusted_fingerprint.data or "",
+    }
+    if form.read_protocol.data:
+        settings["read"] = {
+            "protocol": form.read_protocol.data,
+            "host": form.read_host.data,
+            "port": int(form.read_port.data),
+            "security": form.read_security.data,
+            "username": form.read_username.data,
+            "folder": (form.read_folder.data or "INBOX") if form.read_protocol.data == "imap" else "",
+        }
+    return settings
+
+
+def save_internet_account(form, *, account: EmailAccount | None, owner_id: int | None) -> EmailAccount:
+    """Create or update an Internet account from a validated form.
+
+    Raises ``AccountError`` when the friendly name is taken. The caller commits.
+    """
+    name = form.friendly_name.data
+    if friendly_name_taken(owner_id, name, account.id if account else None):
+        scope = "your accounts" if owner_id else "the global accounts"
+        raise AccountError(
+            f"Another account among {scope} is already named {name!r}. Choose another name.",
+            field="friendly_name",
+        )
+
+    if account is None:
+        account = EmailAccount(account_type=INTERNET, owner_id=owner_id)
+        db.session.add(account)
+
+    account.friendly_name = name
+    account.description = form.description.data or ""
+    account.email_address = form.email_address.data
+    account.from_name = form.from_name.data or ""
+    account.enabled = bool(form.enabled.data)
+    account.settings = settings_from_form(form)
+
+    if form.smtp_auth.data != "password":
+        set_secret(account, "smtp_password", None)
+    elif form.typed_secrets.get("smtp_password"):
+        set_secret(account, "smtp_password", form.typed_secrets["smtp_password"])
+    if not form.read_protocol.data:
+        set_secret(account, "read_password", None)
+    elif form.typed_secrets.get("read_password"):
+        set_secret(account, "read_password", form.typed_secrets["read_password"])
+    return account
+
+
+def smtp_settings(form, account: EmailAccount | None, timeout: float) -> SmtpSettings:
+    """Connection settings from the form's values; a blank password means the stored one."""
+    password = form.typed_secrets.get("smtp_password") or (
+        get_secret(account, "smtp_password") if account else ""
+    )
+    use_auth = form.smtp_auth.data == "password"
+    return SmtpSettings(
+        host=form.smtp_host.data,
+        port=int(form.smtp_port.data),
+        security=Security(form.smtp_security.data),
+        username=form.smtp_username.data if use_auth else "",
+        password=password if use_auth else "",
+        use_auth=use_auth,
+        trusted_fingerprint=form.trusted_fingerprint.data or "",
+        timeout=timeout,
+    )
+
+
+def read_settings(form, account: EmailAccount | None, timeout: float) -> ReadSettings:
+    password = form.typed_secrets.get("read_password") or (
+        get_secret(account, "read_password") if account else ""
+    )
+    return ReadSettings(
+        host=form.read_host.data,
+        port=int(form.read_port.data),
+        security=Security(form.read_security.data),
+        username=form.read_username.data,
+        password=password,
+        protocol=form.read_protocol.data,
+        folder=form.read_folder.data or "INBOX",
+        trusted_fingerprint=form.trusted_fingerprint.data or "",
+        timeout=timeout,
+    )
+
+
+def set_enabled(account: EmailAccount, enabled: bool) -> None:
+    account.enabled = enabled
+    log.info("Account %s %s", account.id, "enabled" if enabled else "disabled")
+
+
+def delete_account(account: EmailAccount) -> None:
+    log.info("Account %s deleted", account.id)
+    db.session.delete(account)

@@ -1,0 +1,191 @@
+"""Types shared by every transport: settings, results and failures."""
+
+import base64
+import socket
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Security(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    SSL = "ssl"  # implicit TLS from the first byte
+
+
+class Step(StrEnum):
+    """The step of a mail conversation that failed, as shown to the user."""
+
+    DNS = "DNS"
+    CONNECT = "connect"
+    TLS = "TLS"
+    AUTHENTICATION = "authentication"
+    SENDER = "sender"
+    RECIPIENT = "recipient"
+    MESSAGE = "message"
+    FOLDER = "folder"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    subject: str
+    issuer: str
+    sha256: str  # upper-case hex pairs separated by colons
+    not_after: str = ""  # expiry in ISO 8601, such as "2026-05-01T12:00:00+00:00"
+    # DNS names and IP addresses from the subject alternative name extension.
+    alt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerEndpoint:
+    """Where and how to connect; shared by the SMTP and read settings."""
+
+    host: str  # ASCII (IDNA) form
+    port: int
+    security: Security
+    username: str = ""
+    password: str = field(default="", repr=False)
+    # SHA-256 fingerprint of a self-signed certificate to trust instead of
+    # the system's certificate authorities; empty means normal verification.
+    trusted_fingerprint: str = ""
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings(ServerEndpoint):
+    use_auth: bool = False
+
+
+@dataclass(frozen=True)
+class ReadSettings(ServerEndpoint):
+    protocol: str = "imap"  # "imap" or "pop3"
+    folder: str = "INBOX"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    reply: str  # the server's final reply, such as "250 2.0.0 Ok: queued"
+    # Recipients that the server rejected while it accepted the others, each
+    # with the server's reply. A message rejected for every recipient raises.
+    refused_recipients: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    message_count: int
+    folder: str = ""
+    folders: list[str] = field(default_factory=list)
+
+
+class TransportError(Exception):
+    """A mail operation failed at a named step.
+
+    ``summary`` says what failed, ``advice`` what to do next; ``reply`` is the
+    server's own words when it sent any. None of them may contain a secret.
+    ``temporary`` marks failures worth retrying later (4xx, timeouts,
+    connection errors).
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        summary: str,
+        advice: str = "",
+        *,
+        reply: str = "",
+        temporary: bool = False,
+        certificate: CertificateInfo | None = None,
+    ) -> None:
+        super().__init__(summary)
+        self.step = step
+        self.summary = summary
+        self.advice = advice
+        self.reply = reply
+        self.temporary = temporary
+        self.certificate = certificate
+
+
+def hide_secret(error: TransportError, username: str, password: str) -> TransportError:
+    """Return ``error`` with every trace of ``password`` replaced by asterisks.
+
+    A server may echo what it received, so this also removes the base64 forms
+    that AUTH PLAIN and AUTH LOGIN send.
+    """
+    if not password:
+        return error
+
+    plain = f"\0{username}\0{password}".encode()
+    forms = [
+        password,
+        base64.b64encode(password.encode()).decode("ascii"),
+        base64.b64encode(plain).decode("ascii"),
+    ]
+
+    def scrub(text: str) -> str:
+        for form in forms:
+            text = text.replace(form, "********")
+        return text
+
+    return TransportError(
+        error.step,
+        scrub(error.summary),
+        scrub(error.advice),
+        reply=scrub(error.reply),
+        temporary=error.temporary,
+        certificate=error.certificate,
+    )
+
+
+def host_not_found(host: str, error: socket.gaierror) -> TransportError:
+    """Return the failure for a host name that DNS cannot resolve."""
+    # EAI_AGAIN means the DNS server did not answer, which may pass.
+    temporary = error.errno == socket.EAI_AGAIN
+    if temporary:
+        advice = "The DNS server did not answer. Try again later."
+    else:
+        advice = (
+            "Check the server name for typing errors. If it is right, ask your "
+            "network administrator why this portal's DNS server cannot resolve it."
+        )
+    return TransportError(
+        Step.DNS,
+        f"The host name {host} was not found.",
+        advice,
+        temporary=temporary,
+    )
+
+
+def connection_failed(host: str, port: int, error: OSError) -> TransportError:
+    """Return the failure for a TCP connection that was refused or broke."""
+    if isinstance(error, ConnectionRefusedError):
+        summary = f"{host} refused the connection on port {port}."
+        advice = (
+            "Check the port number. If it is right, the mail server is not "
+            "running or a firewall rejects connections from this portal."
+        )
+    else:
+        reason = error.strerror or str(error) or type(error).__name__
+        summary = f"The connection to {host} port {port} failed: {reason}."
+        advice = (
+            "Check the host name and port, and that this portal's network can "
+            "reach the server."
+        )
+    return TransportError(Step.CONNECT, summary, advice, temporary=True)
+
+
+def timed_out(host: str, port: int, seconds: float, activity: str) -> TransportError:
+    """Return the failure for a server that went silent.
+
+    ``activity`` completes the sentence "... did not respond within N s
+    while ...", for example "waiting for the greeting".
+    """
+    return TransportError(
+        Step.TIMEOUT,
+        f"{host} port {port} did not respond within {seconds:g} s while {activity}.",
+        "Check the host name, port and security setting, because a firewall or "
+        "the wrong port can leave the connection silent. If the server is only "
+        "slow, try again later.",
+        temporary=True,
+    )
+
