@@ -5,6 +5,7 @@ Models never commit: the view or service that changes them commits once.
 
 from datetime import UTC, datetime
 
+from flask import current_app
 from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
@@ -117,7 +118,8 @@ class StaffMember(UserMixin, db.Model):
         return any(role.grants_administration for role in self.roles)
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        method = current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
+        self.password_hash = generate_password_hash(password, method=method)
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
@@ -163,7 +165,7 @@ class EmailAccount(db.Model):
 
     owner: Mapped[StaffMember | None] = relationship(foreign_keys=[owner_id])
     secrets: Mapped[list["AccountSecret"]] = relationship(
-        back_populates="account", cascade="all, delete-orphan", lazy="selectin"
+        back_populates="account", cascade="all, delete-orphan"
     )
 
     @property

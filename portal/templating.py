@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from flask import Flask, render_template
 
 from .extensions import htmx
+from .services.access import SECURITY_HELP, SECURITY_LABELS
 
 HTMX_SCRIPT = "js/htmx-2.0.11.min.js"
 
@@ -33,3 +34,9 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["timestamp"] = format_timestamp
     app.jinja_env.globals["htmx_script"] = HTMX_SCRIPT
     app.jinja_env.globals["now"] = lambda: datetime.now(UTC)
+    app.jinja_env.globals["security_labels"] = {
+        str(key): label for key, label in SECURITY_LABELS.items()
+    }
+    app.jinja_env.globals["security_help"] = {
+        str(key): text for key, text in SECURITY_HELP.items()
+    }

@@ -58,6 +58,8 @@ def app(database_url, tmp_path):
             "SQLALCHEMY_DATABASE_URI": database_url,
             "START_WORKER": False,
             "SMTP_TIMEOUT": 3.0,
+            # A cheap hash keeps the many sign-ins of the suite fast.
+            "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
         }
     )
     app.instance_path = str(tmp_path / "instance")

@@ -8,6 +8,7 @@ from wtforms import (
     EmailField,
     Field,
     PasswordField,
+    RadioField,
     SelectChoice,
     SelectField,
     StringField,
@@ -16,6 +17,7 @@ from wtforms import (
 from wtforms.validators import ValidationError
 
 from .. import presets, validation
+from ..services.access import SECURITY_HELP, SECURITY_LABELS, Security
 
 SECURITY_CHOICES = [
     SelectChoice("starttls", "STARTTLS"),
@@ -117,6 +119,14 @@ class InternetAccountForm(FlaskForm):
     description = TextAreaField("Description")
     from_name = StringField("From display name", validators=[header_value(200)])
     enabled = BooleanField("Enabled", default=True)
+    security = RadioField(
+        "Security",
+        choices=[
+            SelectChoice(str(value), label, render_kw={"title": SECURITY_HELP[value]})
+            for value, label in SECURITY_LABELS.items()
+        ],
+        default=str(Security.EVERYONE),
+    )
 
     def __init__(self, *args, stored_secrets: Iterable[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -154,9 +164,11 @@ class InternetAccountForm(FlaskForm):
             ok = False
         return ok
 
-    def validate_all(self) -> bool:
+    def validate_all(self, include_security: bool = False) -> bool:
+        """Validate every field; ``security`` only where the form shows it."""
         ok = self.validate_server_settings()
-        ok = self._run_validators(NAME_FIELDS) and ok
+        names = NAME_FIELDS + (("security",) if include_security else ())
+        ok = self._run_validators(names) and ok
         if not self.friendly_name.data:
             self.friendly_name.errors.append(
                 "Enter a friendly name; it is shown in every list of accounts."

@@ -8,6 +8,13 @@ from flask_login import current_user
 
 from ..extensions import db
 from ..models import EmailAccount
+from ..services.settings import personal_accounts_allowed
+
+CREATION_DISABLED = (
+    "An administrator has turned off creating personal email accounts. Your "
+    "existing accounts keep working; ask an administrator to send from a "
+    "global account instead."
+)
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,9 @@ class AccountScope:
     trail: tuple[str, ...]  # breadcrumb labels above the account list
     personal: bool
     guard: Callable  # decorator that authorises the request
+    # Extra template context for an existing account's page, such as the
+    # access panel of a global account.
+    edit_context: Callable[[EmailAccount], dict] | None = None
 
     def owner_id(self) -> int | None:
         """The owner of accounts created here: the staff member, or None for global."""
@@ -32,6 +42,20 @@ class AccountScope:
         if account is None or account.owner_id != self.owner_id():
             abort(404)
         return account
+
+    def may_create(self) -> bool:
+        """Whether new accounts may be created here right now."""
+        if self.personal:
+            return personal_accounts_allowed()
+        return True
+
+    def chooses_security(self, account: EmailAccount | None) -> bool:
+        """Whether the account form shows Security: only when creating a global account.
+
+        An existing global account's security changes in its access panel,
+        which saves at once and updates the preview beside it.
+        """
+        return not self.personal and account is None
 
     def endpoint(self, name: str) -> str:
         return f"{self.blueprint}.{name}"

@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 
@@ -10,10 +10,11 @@ from .. import crypto
 from ..extensions import db
 from ..models import EmailAccount
 from ..services import accounts as account_service
-from ..services import testing
+from ..services import preferences, testing
+from ..services.access import Security
 from ..templating import render_page_or_fragment, wants_fragment
 from .forms import InternetAccountForm
-from .scope import AccountScope
+from .scope import CREATION_DISABLED, AccountScope
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,15 @@ def register_account_views(bp: Blueprint, scope: AccountScope, prefix: str = "/a
             "accounts/list_accounts.html",
             scope=scope,
             accounts=accounts,
+            may_create=scope.may_create(),
+            creation_disabled=CREATION_DISABLED,
             breadcrumbs=scope.breadcrumbs(),
+            **_sending_choices(scope),
         )
 
     def choose_account_type():
+        if not scope.may_create():
+            abort(403, description=CREATION_DISABLED)
         return render_template(
             "accounts/choose_account_type.html",
             scope=scope,
@@ -48,6 +54,8 @@ def register_account_views(bp: Blueprint, scope: AccountScope, prefix: str = "/a
         )
 
     def create_account():
+        if not scope.may_create():
+            abort(403, description=CREATION_DISABLED)
         return _account_form_view(scope, None)
 
     def edit_account(account_id: int):
@@ -118,14 +126,17 @@ def _account_form_view(scope: AccountScope, account: EmailAccount | None):
     if action in ("test-send", "test-read"):
         return _run_test(scope, account, form, action)
 
-    if not form.validate_all():
+    if not form.validate_all(include_security=scope.chooses_security(account)):
         form.form_errors.append("The account was not saved. Correct the fields marked below.")
         return _render_form(scope, account, form)
 
     created = account is None
     try:
         account = account_service.save_internet_account(
-            form, account=account, owner_id=scope.owner_id()
+            form,
+            account=account,
+            owner_id=scope.owner_id(),
+            security=form.security.data if scope.chooses_security(account) else None,
         )
     except account_service.AccountError as error:
         form[error.field].errors.append(str(error))
@@ -134,6 +145,9 @@ def _account_form_view(scope: AccountScope, account: EmailAccount | None):
 
     log.info("Account %s %s by staff member %s", account.id, "created" if created else "updated", current_user.id)
     flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
+    if created and account.security == Security.PERMISSIONS and not account.is_personal:
+        flash("Now choose the skillgroups, roles and staff members who may use it.", "info")
+        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
     return redirect(scope.url("list_accounts"))
 
 
@@ -179,6 +193,14 @@ def _run_test(scope: AccountScope, account: EmailAccount | None, form: InternetA
     return _render_form(scope, account, form, outcome=outcome)
 
 
+def _sending_choices(scope: AccountScope) -> dict:
+    """The personal page also lists every account the staff member may send from."""
+    if not scope.personal:
+        return {}
+    usable, default_id = preferences.sending_accounts(current_user.id)
+    return {"usable_accounts": usable, "default_account_id": default_id}
+
+
 def _collect_typed_secrets(form: InternetAccountForm) -> None:
     """Take each secret from its field, or from the sealed copy of a failed step."""
     for name in SECRET_FIELDS:
@@ -205,13 +227,18 @@ def _render_form(scope: AccountScope, account: EmailAccount | None, form: Intern
     else:
         title = account.friendly_name
         action_url = scope.url("edit_account", account_id=account.id)
+    context = {}
+    if account is not None and scope.edit_context and not wants_fragment():
+        context = scope.edit_context(account)
+    context["account"] = account
     return render_page_or_fragment(
         "accounts/edit_account.html",
         "accounts/_account_form.html",
+        **context,
         scope=scope,
-        account=account,
         form=form,
         sealed=sealed,
+        choose_security=scope.chooses_security(account),
         outcome=outcome,
         title=title,
         action_url=action_url,

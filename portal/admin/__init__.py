@@ -13,6 +13,9 @@ SCOPE = AccountScope(
     trail=("Administration", "System administration"),
     personal=False,
     guard=admin_required,
+    edit_context=lambda account: access.access_panel_context(account),
 )
 
 register_account_views(bp, SCOPE, prefix="/email-accounts")
+
+from . import access  # noqa: E402,F401

@@ -16,3 +16,5 @@ SCOPE = AccountScope(
 )
 
 register_account_views(bp, SCOPE)
+
+from . import routes  # noqa: E402,F401

@@ -123,7 +123,9 @@ def settings_from_form(form) -> dict:
     return settings
 
 
-def save_internet_account(form, *, account: EmailAccount | None, owner_id: int | None) -> EmailAccount:
+def save_internet_account(
+    form, *, account: EmailAccount | None, owner_id: int | None, security: str | None = None
+) -> EmailAccount:
     """Create or update an Internet account from a validated form.
 
     Raises ``AccountError`` when the friendly name is taken. The caller commits.
@@ -146,6 +148,8 @@ def save_internet_account(form, *, account: EmailAccount | None, owner_id: int |
     account.from_name = form.from_name.data or ""
     account.enabled = bool(form.enabled.data)
     account.settings = settings_from_form(form)
+    if security is not None:
+        account.security = security
 
     if form.smtp_auth.data != "password":
         set_secret(account, "smtp_password", None)

@@ -1,0 +1,31 @@
+"""Portal-wide settings stored in the ``setting`` table."""
+
+import logging
+
+from ..extensions import db
+from ..models import Setting
+
+log = logging.getLogger(__name__)
+
+ALLOW_PERSONAL_ACCOUNTS = "allow_personal_accounts"
+
+DEFAULTS = {ALLOW_PERSONAL_ACCOUNTS: "1"}
+
+
+def get_setting(key: str) -> str:
+    row = db.session.get(Setting, key)
+    return row.value if row is not None else DEFAULTS[key]
+
+
+def set_setting(key: str, value: str) -> None:
+    """Store a setting; the caller commits."""
+    row = db.session.get(Setting, key)
+    if row is None:
+        db.session.add(Setting(key=key, value=value))
+    else:
+        row.value = value
+    log.info("Setting %s changed to %r", key, value)
+
+
+def personal_accounts_allowed() -> bool:
+    return get_setting(ALLOW_PERSONAL_ACCOUNTS) == "1"
