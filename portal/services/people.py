@@ -82,7 +82,7 @@ def check_name(model: type[Group], value: str | None, exclude: Group | None) -> 
     # requests that race to create "Networks" and "networks" can both succeed.
     # A unique index on lower(name) would close that gap.
     existing = find_by_name(model, name)
-    if existing is not None and existing is not exclude:
+    if existing is not None and (exclude is None or existing.id != exclude.id):
         raise GroupError(
             f"A {NOUNS[model]} named {existing.name!r} already exists. "
             "Choose another name.",
@@ -167,8 +167,13 @@ def search_staff(group: Group, text: str) -> list[tuple[StaffMember, bool]]:
 # -- changes -------------------------------------------------------------------
 
 
-def create_group(model: type[Group], name: str, *, grants_administration=False):
-    """Add a new group to the session; the caller commits."""
+def create_group(
+    model: type[Group], name: str, *, grants_administration: bool = False
+) -> Group:
+    """Add a new group to the session, or raise GroupError; the caller commits.
+
+    ``grants_administration`` applies to roles only.
+    """
     group = model(name=check_name(model, name, exclude=None))
     if isinstance(group, Role):
         group.grants_administration = grants_administration
@@ -177,6 +182,7 @@ def create_group(model: type[Group], name: str, *, grants_administration=False):
 
 
 def rename_group(group: Group, name: str) -> None:
+    """Rename the group, or raise GroupError if the name is invalid or taken."""
     group.name = check_name(type(group), name, exclude=group)
 
 
@@ -188,10 +194,19 @@ def set_grants_administration(role: Role, grants: bool, acting: StaffMember) -> 
     role.grants_administration = grants
 
 
+def check_deletion(group: Group, acting: StaffMember, *, lock: bool = True) -> None:
+    """Raise GroupError if ``acting`` may not delete ``group``.
+
+    Pass ``lock=False`` to only preview the answer, as a confirmation page
+    does; ``delete_group`` checks again with the lock.
+    """
+    if isinstance(group, Role):
+        _check_administration_kept(group, acting, change="delete", lock=lock)
+
+
 def delete_group(group: Group, acting: StaffMember) -> None:
     """Delete the group; memberships and account permissions that name it go too."""
-    if isinstance(group, Role):
-        _check_administration_kept(group, acting, change="delete")
+    check_deletion(group, acting)
     db.session.delete(group)
 
 
@@ -217,27 +232,33 @@ def remove_member(group: Group, staff: StaffMember, acting: StaffMember) -> bool
 
 
 def _check_administration_kept(
-    role: Role, acting: StaffMember, *, change: str, staff: StaffMember | None = None
+    role: Role,
+    acting: StaffMember,
+    *,
+    change: str,
+    staff: StaffMember | None = None,
+    lock: bool = True,
 ) -> None:
     """Raise GroupError if a change to ``role`` takes away administrator rights
     that must stay.
 
     ``change`` is "delete" (the role), "revoke" (its administration flag) or
     "remove" (``staff`` from its members). Three rules apply, in this order:
-    ``acting`` keeps their own rights, the last role that grants
-    administration stays, and at least one active staff member stays an
-    administrator.
+    the last role that grants administration keeps its flag and is not
+    deleted, ``acting`` keeps their own administrator rights, and at least one
+    active staff member stays an administrator.
     """
     if not role.grants_administration:
         return
-    _lock_administrator_roles()
+    if lock:
+        _lock_administrator_roles()
     field = "grants_administration" if change == "revoke" else None
-
-    if _takes_own_rights(role, acting, change, staff):
-        raise GroupError(_OWN_RIGHTS_MESSAGES[change].format(role=role.name), field)
 
     if change != "remove" and not _other_administrator_roles_exist(role):
         raise GroupError(_LAST_ROLE_MESSAGES[change].format(role=role.name), field)
+
+    if _takes_own_rights(role, acting, change, staff):
+        raise GroupError(_OWN_RIGHTS_MESSAGES[change].format(role=role.name), field)
 
     if change == "remove":
         kept = or_(staff_role.c.role_id != role.id, staff_role.c.staff_id != staff.id)
@@ -256,13 +277,12 @@ def _takes_own_rights(
     role: Role, acting: StaffMember, change: str, staff: StaffMember | None
 ) -> bool:
     """Return True if the change leaves ``acting`` without administrator rights."""
-    if change == "remove" and staff is not acting:
+    if change == "remove" and staff.id != acting.id:
         return False
-    if role not in acting.roles:
-        return False
-    return not any(
-        other.grants_administration and other is not role for other in acting.roles
-    )
+    administrator_roles = {
+        other.id for other in acting.roles if other.grants_administration
+    }
+    return administrator_roles == {role.id}
 
 
 def _other_administrator_roles_exist(role: Role) -> bool:
@@ -299,31 +319,31 @@ def _lock_administrator_roles() -> None:
 
 _OWN_RIGHTS_MESSAGES = {
     "delete": (
-        "You cannot delete {role}: it is your only role that grants "
-        "administration, so you would lose access to the administration pages. "
+        "You cannot delete {role} because it is your only role that grants "
+        "administration, and you would lose access to the administration pages. "
         "Ask another administrator to delete it."
     ),
     "revoke": (
-        "You cannot clear Grants administration on {role}: it is your only role "
-        "that grants administration, so you would lose access to the "
+        "You cannot clear Grants administration on {role} because it is your "
+        "only role that grants administration, and you would lose access to the "
         "administration pages. Ask another administrator to change it."
     ),
     "remove": (
-        "You cannot remove yourself from {role}: it is your only role that "
-        "grants administration, so you would lose access to the administration "
-        "pages. Ask another administrator to remove you."
+        "You cannot remove yourself from {role} because it is your only role "
+        "that grants administration, and you would lose access to the "
+        "administration pages. Ask another administrator to remove you."
     ),
 }
 
 _LAST_ROLE_MESSAGES = {
     "delete": (
-        "{role} is the only role that grants administration, so it cannot be "
-        "deleted: nobody could administer the portal afterwards. Tick Grants "
-        "administration on another role and add members to it first."
+        "{role} cannot be deleted because it is the only role that grants "
+        "administration, and nobody could administer the portal afterwards. "
+        "First tick Grants administration on another role and add members to it."
     ),
     "revoke": (
-        "{role} is the only role that grants administration, so it must keep "
-        "Grants administration: nobody could administer the portal otherwise. "
-        "Tick it on another role first."
+        "{role} must keep Grants administration because it is the only role "
+        "that grants it, and nobody could administer the portal otherwise. "
+        "First tick Grants administration on another role."
     ),
 }

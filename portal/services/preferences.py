@@ -2,10 +2,10 @@
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from ..extensions import db
-from ..models import DefaultAccount, EmailAccount
+from ..models import DefaultAccount
 from . import access
 
 log = logging.getLogger(__name__)
@@ -15,7 +15,7 @@ class NotUsable(PermissionError):
     """The staff member may not use the account they asked for."""
 
 
-def sending_accounts(staff_id: int) -> tuple[list[EmailAccount], int | None]:
+def sending_accounts(staff_id: int) -> tuple[list[Row], int | None]:
     """Accounts the staff member may send from, and the default among them.
 
     A default that is no longer usable (disabled, or access withdrawn) is
