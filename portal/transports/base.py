@@ -1,9 +1,12 @@
 """Types shared by every transport: settings, results and failures."""
 
 import base64
+import logging
 import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+log = logging.getLogger(__name__)
 
 
 class Security(StrEnum):
@@ -139,7 +142,7 @@ def hide_secret(error: TransportError, username: str, password: str) -> Transpor
 
 def host_not_found(host: str, error: socket.gaierror) -> TransportError:
     """Return the failure for a host name that DNS cannot resolve."""
-    # EAI_AGAIN means the DNS server did not answer, which may pass.
+    # EAI_AGAIN is a temporary DNS failure, so a retry may succeed.
     temporary = error.errno == socket.EAI_AGAIN
     if temporary:
         advice = "The DNS server did not answer. Try again later."
@@ -157,7 +160,7 @@ def host_not_found(host: str, error: socket.gaierror) -> TransportError:
 
 
 def connection_failed(host: str, port: int, error: OSError) -> TransportError:
-    """Return the failure for a TCP connection that was refused or broke."""
+    """Return the failure for a TCP connection that was refused or failed."""
     if isinstance(error, ConnectionRefusedError):
         summary = f"{host} refused the connection on port {port}."
         advice = (
@@ -189,3 +192,33 @@ def timed_out(host: str, port: int, seconds: float, activity: str) -> TransportE
         temporary=True,
     )
 
+
+def open_connection(host: str, port: int, timeout: float) -> socket.socket:
+    """Resolve ``host`` and return a blocking TCP socket connected to ``port``.
+
+    Tries each address that DNS returns, with ``timeout`` seconds for each
+    connection attempt; the returned socket keeps that timeout. Raises
+    TransportError at step DNS, CONNECT or TIMEOUT. The DNS lookup itself is
+    bounded only by the system resolver's own timeouts.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise host_not_found(host, error) from None
+
+    last_error: OSError | None = None
+    for family, kind, protocol, _, address in addresses:
+        connection = socket.socket(family, kind, protocol)
+        connection.settimeout(timeout)
+        try:
+            connection.connect(address)
+        except OSError as error:
+            connection.close()
+            log.info("connecting to %s port %d failed: %s", address[0], port, error)
+            last_error = error
+            continue
+        return connection
+
+    if last_error is None or isinstance(last_error, TimeoutError):
+        raise timed_out(host, port, timeout, "connecting")
+    raise connection_failed(host, port, last_error)
