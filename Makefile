@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/flask --app portal init
-	$(BIN)/flask --app portal run --host 127.0.0.1 --port 5000
+	$(BIN)/flask --app portal serve --host 127.0.0.1 --port 5000
 
 system-packages:
 	bash tests/system-packages.sh

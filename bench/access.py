@@ -78,36 +78,95 @@ BASELINE_SQL = text(
 
 def populate(rng: random.Random) -> None:
     """Insert the data set with bulk inserts."""
-    settings = {"smtp": {"host": "127.0.0.1", "port": 25, "security": "none", "auth": "none", "username": ""}, "read": None}
+    settings = {
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": 25,
+            "security": "none",
+            "auth": "none",
+            "username": "",
+        },
+        "read": None,
+    }
     db.session.execute(
         insert(StaffMember),
         [
-            {"id": n, "username": f"staff{n}", "display_name": f"Staff {n}", "email": f"staff{n}@example.com",
-             "password_hash": "!", "active": n % 50 != 0}
+            {
+                "id": n,
+                "username": f"staff{n}",
+                "display_name": f"Staff {n}",
+                "email": f"staff{n}@example.com",
+                "password_hash": "!",
+                "active": n % 50 != 0,
+            }
             for n in range(1, SIZES["staff"] + 1)
         ],
     )
-    db.session.execute(insert(Skillgroup), [{"id": n, "name": f"Group {n}"} for n in range(1, SIZES["skillgroups"] + 1)])
-    db.session.execute(insert(Role), [{"id": n, "name": f"Role {n}", "grants_administration": False} for n in range(1, SIZES["roles"] + 1)])
+    db.session.execute(
+        insert(Skillgroup),
+        [{"id": n, "name": f"Group {n}"} for n in range(1, SIZES["skillgroups"] + 1)],
+    )
+    db.session.execute(
+        insert(Role),
+        [
+            {"id": n, "name": f"Role {n}", "grants_administration": False}
+            for n in range(1, SIZES["roles"] + 1)
+        ],
+    )
 
-    memberships = {(staff, rng.randint(1, SIZES["skillgroups"])) for staff in range(1, SIZES["staff"] + 1) for _ in range(3)}
-    db.session.execute(insert(staff_skillgroup), [{"staff_id": s, "skillgroup_id": g} for s, g in memberships])
-    roles = {(staff, rng.randint(1, SIZES["roles"])) for staff in range(1, SIZES["staff"] + 1) for _ in range(2)}
-    db.session.execute(insert(staff_role), [{"staff_id": s, "role_id": r} for s, r in roles])
+    memberships = {
+        (staff, rng.randint(1, SIZES["skillgroups"]))
+        for staff in range(1, SIZES["staff"] + 1)
+        for _ in range(3)
+    }
+    db.session.execute(
+        insert(staff_skillgroup),
+        [{"staff_id": s, "skillgroup_id": g} for s, g in memberships],
+    )
+    roles = {
+        (staff, rng.randint(1, SIZES["roles"]))
+        for staff in range(1, SIZES["staff"] + 1)
+        for _ in range(2)
+    }
+    db.session.execute(
+        insert(staff_role), [{"staff_id": s, "role_id": r} for s, r in roles]
+    )
 
     accounts = []
     for n in range(1, SIZES["global_accounts"] + 1):
-        accounts.append({"id": n, "owner_id": None, "account_type": "internet", "friendly_name": f"Global {n:05d}",
-                         "email_address": f"global{n}@example.com", "enabled": n % 20 != 0,
-                         "security": SECURITIES[n % 4], "settings": settings})
+        accounts.append(
+            {
+                "id": n,
+                "owner_id": None,
+                "account_type": "internet",
+                "friendly_name": f"Global {n:05d}",
+                "email_address": f"global{n}@example.com",
+                "enabled": n % 20 != 0,
+                "security": SECURITIES[n % 4],
+                "settings": settings,
+            }
+        )
     for n in range(SIZES["personal_accounts"]):
         number = SIZES["global_accounts"] + 1 + n
-        accounts.append({"id": number, "owner_id": rng.randint(1, SIZES["staff"]), "account_type": "internet",
-                         "friendly_name": f"Personal {number:05d}", "email_address": f"p{number}@example.com",
-                         "enabled": True, "security": "everyone", "settings": settings})
+        accounts.append(
+            {
+                "id": number,
+                "owner_id": rng.randint(1, SIZES["staff"]),
+                "account_type": "internet",
+                "friendly_name": f"Personal {number:05d}",
+                "email_address": f"p{number}@example.com",
+                "enabled": True,
+                "security": "everyone",
+                "settings": settings,
+            }
+        )
     db.session.execute(insert(EmailAccount), accounts)
 
-    permission_accounts = [n for n in range(1, SIZES["global_accounts"] + 1) if SECURITIES[n % 4] == "permissions"]
+    permission_accounts = [
+        n
+        for n in range(1, SIZES["global_accounts"] + 1)
+        if SECURITIES[n % 4] == "permissions"
+    ]
     grants = set()
     while len(grants) < SIZES["grants"]:
         account_id = rng.choice(permission_accounts)
@@ -120,7 +179,10 @@ def populate(rng: random.Random) -> None:
             grants.add((account_id, None, None, rng.randint(1, SIZES["staff"])))
     db.session.execute(
         insert(AccountGrant),
-        [{"account_id": a, "skillgroup_id": g, "role_id": r, "staff_id": s} for a, g, r, s in grants],
+        [
+            {"account_id": a, "skillgroup_id": g, "role_id": r, "staff_id": s}
+            for a, g, r, s in grants
+        ],
     )
     db.session.commit()
     if db.engine.dialect.name == "postgresql":
@@ -140,8 +202,12 @@ def run_baseline(staff_id: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", help="an empty database; default: a new SQLite file")
-    parser.add_argument("--rounds", type=int, default=60, help="staff members asked about (default 60)")
+    parser.add_argument(
+        "--database-url", help="an empty database; default: a new SQLite file"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=60, help="staff members asked about (default 60)"
+    )
     arguments = parser.parse_args()
 
     folder = tempfile.mkdtemp(prefix="portal-bench-")
@@ -156,15 +222,22 @@ def main() -> None:
         upgrade()
         started = time.perf_counter()
         populate(rng)
-        print(f"database: {db.engine.dialect.name}; populated in {time.perf_counter() - started:.1f} s")
+        print(
+            f"database: {db.engine.dialect.name}; populated in {time.perf_counter() - started:.1f} s"
+        )
 
         staff_ids = [rng.randint(1, SIZES["staff"]) for _ in range(arguments.rounds)]
-        for staff_id in staff_ids[:5]:  # warm caches and check both give the same answer
+        for staff_id in staff_ids[
+            :5
+        ]:  # warm caches and check both give the same answer
             assert run_service(staff_id) == run_baseline(staff_id), staff_id
 
         service_times, baseline_times, sizes = [], [], []
         for staff_id in staff_ids:
-            for runner, times in ((run_service, service_times), (run_baseline, baseline_times)):
+            for runner, times in (
+                (run_service, service_times),
+                (run_baseline, baseline_times),
+            ):
                 started = time.perf_counter()
                 count = runner(staff_id)
                 times.append(time.perf_counter() - started)

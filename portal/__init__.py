@@ -61,6 +61,7 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from .admin import bp as admin_bp
     from .auth import bp as auth_bp
+    from .compose import bp as compose_bp
     from .main import bp as main_bp
     from .personal import bp as personal_bp
 
@@ -68,6 +69,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth_bp)
     app.register_blueprint(personal_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(compose_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -30,7 +30,9 @@ MESSAGES = {
 def render_error(status: int, message: str):
     title = TITLES.get(status, "Error")
     template = "errors/_error.html" if htmx else "errors/error.html"
-    return render_template(template, status=status, title=title, message=message), status
+    return render_template(
+        template, status=status, title=title, message=message
+    ), status
 
 
 def register(app: Flask) -> None:

@@ -15,6 +15,8 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -76,6 +78,10 @@ class Skillgroup(db.Model):
     )
 
 
+# Group and role names are unique whatever their case.
+Index("uq_skillgroup_lower_name", func.lower(Skillgroup.name), unique=True)
+
+
 class Role(db.Model):
     """An application security role; administrator rights come from a role."""
 
@@ -87,6 +93,8 @@ class Role(db.Model):
         secondary=staff_role, back_populates="roles"
     )
 
+
+Index("uq_role_lower_name", func.lower(Role.name), unique=True)
 
 ADMINISTRATORS_ROLE = "Administrators"
 
@@ -100,7 +108,9 @@ class StaffMember(UserMixin, db.Model):
     email: Mapped[str] = mapped_column(String(320), default="")
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow
+    )
 
     roles: Mapped[list[Role]] = relationship(
         secondary=staff_role, back_populates="members", lazy="selectin"
@@ -151,7 +161,9 @@ class EmailAccount(db.Model):
     # Who may use a global account: one of ``Security``; ignored for personal ones.
     security: Mapped[str] = mapped_column(String(20), default="everyone")
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -257,3 +269,81 @@ class Setting(db.Model):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class OutboxMessage(db.Model):
+    """A message waiting for, or done with, delivery by the worker.
+
+    ``status`` moves from queued to sending (claimed by a worker until
+    ``lease_expires_at``) and on to sent or failed; a temporary failure puts
+    it back to queued with a later ``next_attempt_at``. A worker that dies
+    leaves its rows in sending, and they are claimed again once the lease
+    expires.
+    """
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_message_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("email_account.id", ondelete="SET NULL"), index=True
+    )
+    # Who queued it: a staff member, or a module by its name.
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff_member.id", ondelete="SET NULL"), index=True
+    )
+    module: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(10), default="queued")
+    sender: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    mime: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow
+    )
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str] = mapped_column(String(1000), default="")
+    server_reply: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    account: Mapped[EmailAccount | None] = relationship()
+
+
+class ModuleAccount(db.Model):
+    """The account a helpdesk module sends through.
+
+    Deleting the account deletes the assignment, so no module is left
+    pointing at a missing account.
+    """
+
+    __tablename__ = "module_account"
+
+    module: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("email_account.id", ondelete="CASCADE"), index=True
+    )
+
+
+class EmailTemplate(db.Model):
+    """A message with placeholders that modules fill in and send."""
+
+    __tablename__ = "email_template"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    subject: Mapped[str] = mapped_column(String(998))
+    body: Mapped[str] = mapped_column(Text)
+    # Sends from this account instead of the sending module's own account.
+    from_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("email_account.id", ondelete="SET NULL"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    from_account: Mapped[EmailAccount | None] = relationship()

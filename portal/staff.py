@@ -39,7 +39,9 @@ def create_staff(
     if len(password) < 8:
         raise StaffError("Passwords must be at least 8 characters long.")
     exists = db.session.scalar(
-        select(StaffMember.id).where(func.lower(StaffMember.username) == username.lower())
+        select(StaffMember.id).where(
+            func.lower(StaffMember.username) == username.lower()
+        )
     )
     if exists:
         raise StaffError(f"A staff member named {username!r} already exists.")

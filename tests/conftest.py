@@ -98,7 +98,9 @@ class PortalClient(FlaskClient):
 
     def open(self, *args, **kwargs):
         method = kwargs.get("method", "GET").upper()
-        if method not in ("GET", "HEAD", "OPTIONS") and not kwargs.pop("without_csrf", False):
+        if method not in ("GET", "HEAD", "OPTIONS") and not kwargs.pop(
+            "without_csrf", False
+        ):
             headers = dict(kwargs.pop("headers", None) or {})
             headers.setdefault("X-CSRFToken", self.csrf_token())
             kwargs["headers"] = headers
@@ -118,7 +120,10 @@ def runner(app):
 
 def make_staff(username: str, *, administrator: bool = False, email: str = ""):
     staff = create_staff(
-        username, PASSWORD, email=email or f"{username}@example.com", administrator=administrator
+        username,
+        PASSWORD,
+        email=email or f"{username}@example.com",
+        administrator=administrator,
     )
     db.session.commit()
     return staff
@@ -129,7 +134,9 @@ def sign_in(client: PortalClient, username: str, password: str = PASSWORD):
     client.csrf = None
     client.post("/sign-out")
     client.csrf = None
-    response = client.post("/sign-in", data={"username": username, "password": password})
+    response = client.post(
+        "/sign-in", data={"username": username, "password": password}
+    )
     client.csrf = None  # the session was replaced; fetch a fresh token next time
     return response
 
@@ -157,3 +164,13 @@ def admin_client(client, admin):
 
 
 HTMX = {"HX-Request": "true"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tests last.
+
+    Playwright's synchronous API keeps an asyncio event loop running in the
+    main thread while its browser is open, and the mail transports call
+    ``asyncio.run``, which refuses to start inside a running loop.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -8,7 +8,9 @@ from portal.models import AccountGrant, EmailAccount, Role, Skillgroup, StaffMem
 _numbers = itertools.count(1)
 
 
-def staff_member(username: str | None = None, *, active: bool = True, **fields) -> StaffMember:
+def staff_member(
+    username: str | None = None, *, active: bool = True, **fields
+) -> StaffMember:
     number = next(_numbers)
     username = username or f"staff{number}"
     staff = StaffMember(
@@ -40,7 +42,13 @@ def account(
         security=security,
         enabled=enabled,
         settings={
-            "smtp": {"host": "127.0.0.1", "port": 25, "security": "none", "auth": "none", "username": ""},
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": 25,
+                "security": "none",
+                "auth": "none",
+                "username": "",
+            },
             "read": None,
             "trusted_fingerprint": "",
         },
@@ -59,14 +67,18 @@ def skillgroup(name: str | None = None, members=()) -> Skillgroup:
 
 
 def role(name: str | None = None, members=(), administration: bool = False) -> Role:
-    item = Role(name=name or f"Role {next(_numbers)}", grants_administration=administration)
+    item = Role(
+        name=name or f"Role {next(_numbers)}", grants_administration=administration
+    )
     item.members.extend(members)
     db.session.add(item)
     db.session.flush()
     return item
 
 
-def grant(account: EmailAccount, *, skillgroup=None, role=None, staff=None) -> AccountGrant:
+def grant(
+    account: EmailAccount, *, skillgroup=None, role=None, staff=None
+) -> AccountGrant:
     row = AccountGrant(
         account_id=account.id,
         skillgroup_id=skillgroup.id if skillgroup else None,

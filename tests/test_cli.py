@@ -9,7 +9,9 @@ from portal.staff import ensure_first_administrator
 
 def test_first_administrator_gets_generated_password(app):
     generated = ensure_first_administrator(None)
-    admin = db.session.scalar(select(StaffMember).where(StaffMember.username == "admin"))
+    admin = db.session.scalar(
+        select(StaffMember).where(StaffMember.username == "admin")
+    )
     assert generated
     assert admin.is_administrator
     assert admin.check_password(generated)
@@ -28,12 +30,23 @@ def test_first_administrator_created_only_once(app):
 
 
 def test_create_staff_and_admin_commands(runner):
-    staff = runner.invoke(args=["create-staff", "bob", "--password", "s3cret-pass", "--email", "bob@example.com"])
+    staff = runner.invoke(
+        args=[
+            "create-staff",
+            "bob",
+            "--password",
+            "s3cret-pass",
+            "--email",
+            "bob@example.com",
+        ]
+    )
     admin = runner.invoke(args=["create-admin", "carol", "--password", "s3cret-pass"])
     assert staff.exit_code == 0, staff.output
     assert admin.exit_code == 0, admin.output
     bob = db.session.scalar(select(StaffMember).where(StaffMember.username == "bob"))
-    carol = db.session.scalar(select(StaffMember).where(StaffMember.username == "carol"))
+    carol = db.session.scalar(
+        select(StaffMember).where(StaffMember.username == "carol")
+    )
     assert not bob.is_administrator
     assert carol.is_administrator
 
@@ -53,8 +66,12 @@ def test_create_staff_rejects_short_password(runner):
 
 def test_rotate_keys_reencrypts_with_first_key(app, runner):
     old_keys = list(app.config["ENCRYPTION_KEYS"])
-    account = EmailAccount(account_type="internet", friendly_name="Rotated", email_address="r@example.com")
-    account.secrets.append(AccountSecret(name="smtp_password", ciphertext=crypto.encrypt("päss wörd")))
+    account = EmailAccount(
+        account_type="internet", friendly_name="Rotated", email_address="r@example.com"
+    )
+    account.secrets.append(
+        AccountSecret(name="smtp_password", ciphertext=crypto.encrypt("päss wörd"))
+    )
     db.session.add(account)
     db.session.commit()
 

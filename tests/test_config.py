@@ -4,7 +4,11 @@ from portal.config import ConfigurationError, load_settings
 
 
 def test_production_requires_each_variable(tmp_path):
-    environ = {"PORTAL_MODE": "production", "PORTAL_SECRET_KEY": "x", "PORTAL_DATABASE_URL": "sqlite://"}
+    environ = {
+        "PORTAL_MODE": "production",
+        "PORTAL_SECRET_KEY": "x",
+        "PORTAL_DATABASE_URL": "sqlite://",
+    }
     with pytest.raises(ConfigurationError, match="PORTAL_ENCRYPTION_KEYS is not set"):
         load_settings(str(tmp_path), environ)
     assert not (tmp_path / "encryption_keys").exists()

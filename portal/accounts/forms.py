@@ -90,12 +90,16 @@ class InternetAccountForm(FlaskForm):
     smtp_port = StringField(
         "Port", default="587", validators=[normalised_by(validation.parse_port)]
     )
-    smtp_security = SelectField("Security", choices=SECURITY_CHOICES, default="starttls")
+    smtp_security = SelectField(
+        "Security", choices=SECURITY_CHOICES, default="starttls"
+    )
     smtp_auth = SelectField("Authentication", choices=AUTH_CHOICES, default="password")
     smtp_username = StringField("User name", validators=[header_value(320)])
     smtp_password = PasswordField("Password")
 
-    read_protocol = SelectField("Read mail with", choices=READ_PROTOCOL_CHOICES, default="")
+    read_protocol = SelectField(
+        "Read mail with", choices=READ_PROTOCOL_CHOICES, default=""
+    )
     read_host = StringField(
         "Incoming server", validators=[normalised_by(validation.normalise_host)]
     )
@@ -184,7 +188,9 @@ class InternetAccountForm(FlaskForm):
         for name in names:
             field: Field = self[name]
             if isinstance(field.data, str):
-                field.data = field.data.strip() if name != "smtp_password" else field.data
+                field.data = (
+                    field.data.strip() if name != "smtp_password" else field.data
+                )
             if not field.validate(self):
                 ok = False
         return ok
@@ -200,7 +206,12 @@ class InternetAccountForm(FlaskForm):
         ok = self._require(self.smtp_host, "Enter the SMTP server's host name.") and ok
         ok = self._require(self.smtp_port, "Enter the SMTP port, usually 587.") and ok
         if self.smtp_auth.data == "password":
-            ok = self._require(self.smtp_username, "Enter the user name to sign in with.") and ok
+            ok = (
+                self._require(
+                    self.smtp_username, "Enter the user name to sign in with."
+                )
+                and ok
+            )
             if not self.has_secret("smtp_password"):
                 self.smtp_password.errors.append("Enter the password to sign in with.")
                 ok = False
@@ -211,9 +222,17 @@ class InternetAccountForm(FlaskForm):
     def _check_required_read_fields(self) -> bool:
         if not self.read_protocol.data:
             return True
-        ok = self._require(self.read_host, "Enter the incoming mail server's host name.")
-        ok = self._require(self.read_port, "Enter the incoming mail server's port.") and ok
-        ok = self._require(self.read_username, "Enter the user name to sign in with.") and ok
+        ok = self._require(
+            self.read_host, "Enter the incoming mail server's host name."
+        )
+        ok = (
+            self._require(self.read_port, "Enter the incoming mail server's port.")
+            and ok
+        )
+        ok = (
+            self._require(self.read_username, "Enter the user name to sign in with.")
+            and ok
+        )
         if not self.has_secret("read_password"):
             self.read_password.errors.append("Enter the password to sign in with.")
             ok = False
@@ -280,6 +299,8 @@ class InternetAccountForm(FlaskForm):
         if self.email_address.data:
             self.smtp_username.data = self.smtp_username.data or self.email_address.data
             if protocol:
-                self.read_username.data = self.read_username.data or self.email_address.data
+                self.read_username.data = (
+                    self.read_username.data or self.email_address.data
+                )
         self.preset_note = preset.note
         return True

@@ -63,7 +63,9 @@ class AccountScope:
     def url(self, name: str, **values) -> str:
         return url_for(self.endpoint(name), **values)
 
-    def breadcrumbs(self, *extra: tuple[str, str | None]) -> list[tuple[str, str | None]]:
+    def breadcrumbs(
+        self, *extra: tuple[str, str | None]
+    ) -> list[tuple[str, str | None]]:
         crumbs: list[tuple[str, str | None]] = [(label, None) for label in self.trail]
         crumbs.append((self.title, self.url("list_accounts") if extra else None))
         crumbs.extend(extra)

@@ -2,7 +2,15 @@
 
 import logging
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+)
 from flask_htmx import make_response
 from flask_login import current_user
 
@@ -21,7 +29,9 @@ log = logging.getLogger(__name__)
 SECRET_FIELDS = ("smtp_password", "read_password")
 
 
-def register_account_views(bp: Blueprint, scope: AccountScope, prefix: str = "/accounts") -> None:
+def register_account_views(
+    bp: Blueprint, scope: AccountScope, prefix: str = "/accounts"
+) -> None:
     """Add the account pages to ``bp``, each guarded by ``scope.guard``."""
 
     def route(rule: str, view, methods=("GET",)):
@@ -67,7 +77,9 @@ def register_account_views(bp: Blueprint, scope: AccountScope, prefix: str = "/a
         db.session.commit()
 
         if wants_fragment():
-            return render_template("accounts/_account_row.html", scope=scope, account=account)
+            return render_template(
+                "accounts/_account_row.html", scope=scope, account=account
+            )
         state = "enabled" if account.enabled else "disabled"
         flash(f"{account.friendly_name} is {state}.", "success")
         return redirect(scope.url("list_accounts"))
@@ -127,7 +139,9 @@ def _account_form_view(scope: AccountScope, account: EmailAccount | None):
         return _run_test(scope, account, form, action)
 
     if not form.validate_all(include_security=scope.chooses_security(account)):
-        form.form_errors.append("The account was not saved. Correct the fields marked below.")
+        form.form_errors.append(
+            "The account was not saved. Correct the fields marked below."
+        )
         return _render_form(scope, account, form)
 
     created = account is None
@@ -143,15 +157,28 @@ def _account_form_view(scope: AccountScope, account: EmailAccount | None):
         return _render_form(scope, account, form)
     db.session.commit()
 
-    log.info("Account %s %s by staff member %s", account.id, "created" if created else "updated", current_user.id)
+    log.info(
+        "Account %s %s by staff member %s",
+        account.id,
+        "created" if created else "updated",
+        current_user.id,
+    )
     flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
     if created and account.security == Security.PERMISSIONS and not account.is_personal:
-        flash("Now choose the skillgroups, roles and staff members who may use it.", "info")
+        flash(
+            "Now choose the skillgroups, roles and staff members who may use it.",
+            "info",
+        )
         return redirect(scope.url("edit_account", account_id=account.id) + "#access")
     return redirect(scope.url("list_accounts"))
 
 
-def _run_test(scope: AccountScope, account: EmailAccount | None, form: InternetAccountForm, action: str):
+def _run_test(
+    scope: AccountScope,
+    account: EmailAccount | None,
+    form: InternetAccountForm,
+    action: str,
+):
     timeout = current_app.config["SMTP_TIMEOUT"]
     if action == "test-send":
         valid = form.validate_server_settings(include_read=False)
@@ -161,10 +188,14 @@ def _run_test(scope: AccountScope, account: EmailAccount | None, form: InternetA
 
     if not valid:
         # Field errors belong beside the fields, so the whole form is swapped.
-        form.form_errors.append("The test did not run. Correct the fields marked below.")
+        form.form_errors.append(
+            "The test did not run. Correct the fields marked below."
+        )
         if wants_fragment():
             response = make_response(
-                _render_form(scope, account, form), retarget="#account-form", reswap="outerHTML"
+                _render_form(scope, account, form),
+                retarget="#account-form",
+                reswap="outerHTML",
             )
             return response
         return _render_form(scope, account, form)
@@ -189,7 +220,9 @@ def _run_test(scope: AccountScope, account: EmailAccount | None, form: InternetA
         db.session.commit()
 
     if wants_fragment():
-        return render_template("accounts/_test_result.html", outcome=outcome, form=form, oob_folders=True)
+        return render_template(
+            "accounts/_test_result.html", outcome=outcome, form=form, oob_folders=True
+        )
     return _render_form(scope, account, form, outcome=outcome)
 
 
@@ -215,7 +248,12 @@ def _collect_typed_secrets(form: InternetAccountForm) -> None:
                 form.typed_secrets[name] = value
 
 
-def _render_form(scope: AccountScope, account: EmailAccount | None, form: InternetAccountForm, outcome=None):
+def _render_form(
+    scope: AccountScope,
+    account: EmailAccount | None,
+    form: InternetAccountForm,
+    outcome=None,
+):
     sealed = {
         name: crypto.seal(value, current_user.id)
         for name, value in form.typed_secrets.items()

@@ -18,4 +18,5 @@ SCOPE = AccountScope(
 
 register_account_views(bp, SCOPE, prefix="/email-accounts")
 
-from . import access  # noqa: E402,F401
+from . import access, people  # noqa: E402,F401  (their routes are added to bp)
+from . import email_templates, modules  # noqa: E402,F401  (routes added to bp)

@@ -40,7 +40,9 @@ def access_panel_context(account: EmailAccount, search: str = "") -> dict:
 def _panel_response(account: EmailAccount, error: str = ""):
     """The access panel for htmx, or back to the account page without JavaScript."""
     if wants_fragment():
-        return render_template("admin/_account_access.html", error=error, **access_panel_context(account))
+        return render_template(
+            "admin/_account_access.html", error=error, **access_panel_context(account)
+        )
     if error:
         flash(error, "error")
     return redirect(url_for("admin.edit_account", account_id=account.id) + "#access")
@@ -65,7 +67,10 @@ def add_account_grant(account_id: int):
     kind_value = request.form.get("kind", "")
     target = request.form.get("target_id", "")
     if kind_value not in set(grants.GrantKind) or not target.isdigit():
-        return _panel_response(account, "Choose a skillgroup, role or staff member from the search results.")
+        return _panel_response(
+            account,
+            "Choose a skillgroup, role or staff member from the search results.",
+        )
 
     try:
         grants.add_grant(account, grants.GrantKind(kind_value), int(target))
@@ -163,7 +168,11 @@ def staff_access():
         matches=matches,
         chosen=chosen,
         entries=entries,
-        breadcrumbs=[("Administration", None), ("System administration", None), ("Staff access", None)],
+        breadcrumbs=[
+            ("Administration", None),
+            ("System administration", None),
+            ("Staff access", None),
+        ],
     )
 
 
@@ -188,7 +197,11 @@ def personal_accounts_setting():
         allowed=personal_accounts_allowed(),
         count=count,
         saved=request.method == "POST",
-        breadcrumbs=[("Administration", None), ("System administration", None), ("Personal email accounts", None)],
+        breadcrumbs=[
+            ("Administration", None),
+            ("System administration", None),
+            ("Personal email accounts", None),
+        ],
     )
 
 
@@ -199,7 +212,9 @@ def list_personal_accounts():
     rows = db.session.execute(
         select(EmailAccount, StaffMember)
         .join(StaffMember, StaffMember.id == EmailAccount.owner_id)
-        .order_by(func.lower(StaffMember.display_name), func.lower(EmailAccount.friendly_name))
+        .order_by(
+            func.lower(StaffMember.display_name), func.lower(EmailAccount.friendly_name)
+        )
     ).all()
     return render_template(
         "admin/list_personal_accounts.html",

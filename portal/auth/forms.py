@@ -4,9 +4,5 @@ from wtforms.validators import DataRequired, Length
 
 
 class SignInForm(FlaskForm):
-    username = StringField(
-        "User name", validators=[DataRequired(), Length(max=64)]
-    )
-    password = PasswordField(
-        "Password", validators=[DataRequired(), Length(max=1024)]
-    )
+    username = StringField("User name", validators=[DataRequired(), Length(max=64)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])

@@ -26,7 +26,9 @@ def sign_in():
     if form.validate_on_submit():
         username = form.username.data.strip()
         staff = db.session.scalar(
-            select(StaffMember).where(func.lower(StaffMember.username) == username.lower())
+            select(StaffMember).where(
+                func.lower(StaffMember.username) == username.lower()
+            )
         )
         if staff and staff.active and staff.check_password(form.password.data):
             session.clear()  # a fresh session, so a planted one cannot be reused
@@ -34,7 +36,11 @@ def sign_in():
             log.info("Staff member %s signed in from %s", staff.id, request.remote_addr)
             return redirect(_safe_next(request.args.get("next")))
 
-        log.info("Failed sign-in for user name %r from %s", username[:64], request.remote_addr)
+        log.info(
+            "Failed sign-in for user name %r from %s",
+            username[:64],
+            request.remote_addr,
+        )
         form.form_errors.append(SIGN_IN_FAILED)
         form.password.data = ""
 
@@ -55,6 +61,11 @@ def _safe_next(target: str | None) -> str:
     """Return ``target`` if it is a path on this site, else the home page."""
     if target:
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//"):
+        if (
+            not parts.scheme
+            and not parts.netloc
+            and target.startswith("/")
+            and not target.startswith("//")
+        ):
             return target
     return url_for("main.index")

@@ -210,12 +210,16 @@ def staff_access_condition(account: EmailAccount) -> ColumnElement[bool]:
     if security != Security.PERMISSIONS:
         return false()
 
-    grants = select(AccountGrant).where(AccountGrant.account_id == account.id).subquery()
+    grants = (
+        select(AccountGrant).where(AccountGrant.account_id == account.id).subquery()
+    )
     by_name = select(grants.c.staff_id).where(grants.c.staff_id.is_not(None))
     by_skillgroup = select(staff_skillgroup.c.staff_id).join(
         grants, grants.c.skillgroup_id == staff_skillgroup.c.skillgroup_id
     )
-    by_role = select(staff_role.c.staff_id).join(grants, grants.c.role_id == staff_role.c.role_id)
+    by_role = select(staff_role.c.staff_id).join(
+        grants, grants.c.role_id == staff_role.c.role_id
+    )
     return and_(
         StaffMember.active.is_(True),
         StaffMember.id.in_(union(by_name, by_skillgroup, by_role)),
@@ -240,7 +244,9 @@ class AccessPreview:
     matching: int  # staff matching the search
 
 
-def preview_access(account: EmailAccount, search: str = "", limit: int = 50) -> AccessPreview:
+def preview_access(
+    account: EmailAccount, search: str = "", limit: int = 50
+) -> AccessPreview:
     """Count the staff who may use ``account`` and list those matching ``search``.
 
     Three queries, whatever the numbers of staff and grants.
@@ -295,7 +301,9 @@ def explain_access(staff_id: int) -> list[AccountAccess]:
                     )
                 ),
                 AccountGrant.role_id.in_(
-                    select(staff_role.c.role_id).where(staff_role.c.staff_id == staff_id)
+                    select(staff_role.c.role_id).where(
+                        staff_role.c.staff_id == staff_id
+                    )
                 ),
             )
         )

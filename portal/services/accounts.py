@@ -41,7 +41,9 @@ def set_secret(account: EmailAccount, name: str, value: str | None) -> None:
             account.secrets.remove(existing)
         return
     if existing is None:
-        account.secrets.append(AccountSecret(name=name, ciphertext=crypto.encrypt(value)))
+        account.secrets.append(
+            AccountSecret(name=name, ciphertext=crypto.encrypt(value))
+        )
     else:
         existing.ciphertext = crypto.encrypt(value)
 
@@ -49,7 +51,9 @@ def set_secret(account: EmailAccount, name: str, value: str | None) -> None:
 # -- queries ---------------------------------------------------------------
 
 
-def friendly_name_taken(owner_id: int | None, name: str, exclude_id: int | None) -> bool:
+def friendly_name_taken(
+    owner_id: int | None, name: str, exclude_id: int | None
+) -> bool:
     """True when another account of the same owner (or another global account) has ``name``."""
     query = select(EmailAccount.id).where(
         func.coalesce(EmailAccount.owner_id, 0) == (owner_id or 0),
@@ -66,7 +70,11 @@ def list_accounts(owner_id: int | None) -> list[EmailAccount]:
         condition = EmailAccount.owner_id.is_(None)
     else:
         condition = EmailAccount.owner_id == owner_id
-    query = select(EmailAccount).where(condition).order_by(func.lower(EmailAccount.friendly_name))
+    query = (
+        select(EmailAccount)
+        .where(condition)
+        .order_by(func.lower(EmailAccount.friendly_name))
+    )
     return list(db.session.scalars(query))
 
 
@@ -106,7 +114,9 @@ def settings_from_form(form) -> dict:
             "port": int(form.smtp_port.data),
             "security": form.smtp_security.data,
             "auth": form.smtp_auth.data,
-            "username": form.smtp_username.data if form.smtp_auth.data == "password" else "",
+            "username": form.smtp_username.data
+            if form.smtp_auth.data == "password"
+            else "",
         },
         "read": None,
         "trusted_fingerprint": form.trusted_fingerprint.data or "",
@@ -118,13 +128,19 @@ def settings_from_form(form) -> dict:
             "port": int(form.read_port.data),
             "security": form.read_security.data,
             "username": form.read_username.data,
-            "folder": (form.read_folder.data or "INBOX") if form.read_protocol.data == "imap" else "",
+            "folder": (form.read_folder.data or "INBOX")
+            if form.read_protocol.data == "imap"
+            else "",
         }
     return settings
 
 
 def save_internet_account(
-    form, *, account: EmailAccount | None, owner_id: int | None, security: str | None = None
+    form,
+    *,
+    account: EmailAccount | None,
+    owner_id: int | None,
+    security: str | None = None,
 ) -> EmailAccount:
     """Create or update an Internet account from a validated form.
 
@@ -176,6 +192,22 @@ def smtp_settings(form, account: EmailAccount | None, timeout: float) -> SmtpSet
         password=password if use_auth else "",
         use_auth=use_auth,
         trusted_fingerprint=form.trusted_fingerprint.data or "",
+        timeout=timeout,
+    )
+
+
+def stored_smtp_settings(account: EmailAccount, timeout: float) -> SmtpSettings:
+    """Connection settings of a saved Internet account, for the delivery worker."""
+    smtp = account.settings["smtp"]
+    use_auth = smtp.get("auth") == "password"
+    return SmtpSettings(
+        host=smtp["host"],
+        port=int(smtp["port"]),
+        security=Security(smtp["security"]),
+        username=smtp.get("username", "") if use_auth else "",
+        password=get_secret(account, "smtp_password") if use_auth else "",
+        use_auth=use_auth,
+        trusted_fingerprint=account.settings.get("trusted_fingerprint", ""),
         timeout=timeout,
     )
 

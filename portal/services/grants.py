@@ -8,7 +8,7 @@ from sqlalchemy import func, or_, select
 
 from ..extensions import db
 from ..models import AccountGrant, EmailAccount, Role, Skillgroup, StaffMember
-from .access import Security, SECURITY_LABELS
+from .access import SECURITY_LABELS, Security
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,17 @@ def list_grants(account: EmailAccount) -> list[GrantView]:
         elif row.role_id is not None:
             grants.append(GrantView(row.id, GrantKind.ROLE, row.role))
         else:
-            grants.append(GrantView(row.id, GrantKind.STAFF, row.display_name, row.username))
+            grants.append(
+                GrantView(row.id, GrantKind.STAFF, row.display_name, row.username)
+            )
     order = list(GrantKind)
     grants.sort(key=lambda grant: (order.index(grant.kind), grant.name.lower()))
     return grants
 
 
-def search_candidates(account: EmailAccount, kind: GrantKind, text: str, limit: int = 20) -> list[Candidate]:
+def search_candidates(
+    account: EmailAccount, kind: GrantKind, text: str, limit: int = 20
+) -> list[Candidate]:
     """Skillgroups, roles or staff matching ``text`` that have no grant yet (one query)."""
     pattern = f"%{text.strip().lower()}%"
     granted = select(KIND_COLUMNS[kind]).where(
@@ -102,7 +106,11 @@ def search_candidates(account: EmailAccount, kind: GrantKind, text: str, limit: 
             .limit(limit)
         )
         return [
-            Candidate(staff.id, staff.display_name, f"{staff.username} · {staff.email}".strip(" ·"))
+            Candidate(
+                staff.id,
+                staff.display_name,
+                f"{staff.username} · {staff.email}".strip(" ·"),
+            )
             for staff in db.session.scalars(query)
         ]
 
@@ -120,7 +128,11 @@ def add_grant(account: EmailAccount, kind: GrantKind, target_id: int) -> None:
     """Grant a skillgroup, role or staff member use of ``account``; the caller commits."""
     if account.owner_id is not None:
         raise GrantError("Personal accounts are used by their owner only.")
-    model = {GrantKind.SKILLGROUP: Skillgroup, GrantKind.ROLE: Role, GrantKind.STAFF: StaffMember}[kind]
+    model = {
+        GrantKind.SKILLGROUP: Skillgroup,
+        GrantKind.ROLE: Role,
+        GrantKind.STAFF: StaffMember,
+    }[kind]
     if db.session.get(model, target_id) is None:
         raise GrantError(f"That {KIND_LABELS[kind].lower()} no longer exists.")
     exists = db.session.scalar(

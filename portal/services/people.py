@@ -1,8 +1,8 @@
 """Skillgroups, application security roles and their members.
 
 Both kinds of group are a name and a list of staff members. Roles also carry
-``grants_administration``, so changes to roles are checked against one rule:
-the portal always keeps at least one active administrator, and the signed-in
+``grants_administration``, so changes to roles are checked against two rules.
+The portal always keeps at least one active administrator, and the signed-in
 administrator cannot take away their own administrator rights.
 """
 
@@ -28,7 +28,7 @@ Group = Skillgroup | Role
 MAX_NAME_LENGTH = 100
 MAX_SEARCH_RESULTS = 20
 
-# The column of each membership table that names the group; the other column
+# The column of each membership table that names the group. The other column
 # of both tables is ``staff_id``.
 MEMBERSHIP_COLUMNS = {
     Skillgroup: staff_skillgroup.c.skillgroup_id,
@@ -39,7 +39,7 @@ NOUNS = {Skillgroup: "skillgroup", Role: "role"}
 
 
 class GroupError(ValueError):
-    """A change to a group was rejected; the message says why and what to do.
+    """A rejected change to a group. The message states why and what to do.
 
     ``field`` names the form field the message belongs beside, if any.
     """
@@ -70,7 +70,7 @@ def find_by_name(model: type[Group], name: str) -> Group | None:
 def check_name(model: type[Group], value: str | None, exclude: Group | None) -> str:
     """Return a valid, unused name for a group of ``model``, or raise GroupError.
 
-    Names are unique ignoring case; ``exclude`` is the group being renamed,
+    Names are unique ignoring case. ``exclude`` is the group being renamed,
     which may keep its own name or change only its case.
     """
     try:
@@ -97,7 +97,7 @@ def check_name(model: type[Group], value: str | None, exclude: Group | None) -> 
 def list_with_member_counts(model: type[Group]) -> list[tuple[Group, int]]:
     """Return every group of ``model`` with its number of members, by name.
 
-    One statement, whatever the number of groups.
+    It runs one statement, whatever the number of groups.
     """
     column = MEMBERSHIP_COLUMNS[model]
     member_count = (
@@ -140,7 +140,8 @@ def search_staff(group: Group, text: str) -> list[tuple[StaffMember, bool]]:
         return []
 
     # NOTE: SQLite's lower() folds only ASCII letters, so on SQLite "ö" does
-    # not match "Ö". PostgreSQL folds the letters its database locale knows.
+    # not match "Ö". PostgreSQL folds other letters too, unless the database's
+    # LC_CTYPE is C.
     column = MEMBERSHIP_COLUMNS[type(group)]
     is_member = exists().where(
         column.table.c.staff_id == StaffMember.id, column == group.id
@@ -170,7 +171,7 @@ def search_staff(group: Group, text: str) -> list[tuple[StaffMember, bool]]:
 def create_group(
     model: type[Group], name: str, *, grants_administration: bool = False
 ) -> Group:
-    """Add a new group to the session, or raise GroupError; the caller commits.
+    """Add a new group to the session, or raise GroupError. The caller commits.
 
     ``grants_administration`` applies to roles only.
     """
@@ -197,8 +198,8 @@ def set_grants_administration(role: Role, grants: bool, acting: StaffMember) -> 
 def check_deletion(group: Group, acting: StaffMember, *, lock: bool = True) -> None:
     """Raise GroupError if ``acting`` may not delete ``group``.
 
-    Pass ``lock=False`` to only preview the answer, as a confirmation page
-    does; ``delete_group`` checks again with the lock.
+    Pass ``lock=False`` to check without locking, as a confirmation page
+    does, because ``delete_group`` checks again with the lock.
     """
     if isinstance(group, Role):
         _check_administration_kept(group, acting, change="delete", lock=lock)
@@ -261,10 +262,12 @@ def _check_administration_kept(
         raise GroupError(_OWN_RIGHTS_MESSAGES[change].format(role=role.name), field)
 
     if change == "remove":
-        kept = or_(staff_role.c.role_id != role.id, staff_role.c.staff_id != staff.id)
+        remaining = or_(
+            staff_role.c.role_id != role.id, staff_role.c.staff_id != staff.id
+        )
     else:
-        kept = staff_role.c.role_id != role.id
-    if _count_administrators(kept) == 0:
+        remaining = staff_role.c.role_id != role.id
+    if _count_administrators(remaining) == 0:
         raise GroupError(
             "This change would leave no active staff member with administrator "
             "rights, so nobody could administer the portal. First add an active "
@@ -290,15 +293,15 @@ def _other_administrator_roles_exist(role: Role) -> bool:
     return db.session.scalar(query.limit(1)) is not None
 
 
-def _count_administrators(membership_kept: ColumnElement[bool]) -> int:
+def _count_administrators(remaining: ColumnElement[bool]) -> int:
     """Return how many active staff members would still be administrators
-    through the memberships that match ``membership_kept``."""
+    through the role memberships that match ``remaining``."""
     query = (
         select(func.count(distinct(staff_role.c.staff_id)))
         .select_from(staff_role)
         .join(Role, Role.id == staff_role.c.role_id)
         .join(StaffMember, StaffMember.id == staff_role.c.staff_id)
-        .where(Role.grants_administration, StaffMember.active, membership_kept)
+        .where(Role.grants_administration, StaffMember.active, remaining)
     )
     return db.session.scalar(query) or 0
 
@@ -306,9 +309,9 @@ def _count_administrators(membership_kept: ColumnElement[bool]) -> int:
 def _lock_administrator_roles() -> None:
     """Lock the rows of every role that grants administration until commit.
 
-    Two administrators who remove each other at the same moment would each
-    see the other as the remaining administrator; the lock makes the second
-    change wait and then count again. PostgreSQL honours it.
+    Without the lock, two administrators who remove each other at the same
+    moment would each count the other as the remaining administrator. With
+    it, the second change waits for the first to commit and then counts again.
     """
     # NOTE: SQLite has no SELECT ... FOR UPDATE, so on SQLite two such
     # concurrent changes are not serialised and can both succeed.

@@ -38,7 +38,11 @@ def set_default_account(staff_id: int, account_id: int | None) -> None:
             db.session.delete(row)
         return
     if not access.may_use(access.StaffPrincipal(staff_id), account_id):
-        log.warning("Staff member %s tried to make account %s their default without access", staff_id, account_id)
+        log.warning(
+            "Staff member %s tried to make account %s their default without access",
+            staff_id,
+            account_id,
+        )
         raise NotUsable(account_id)
     if row is None:
         db.session.add(DefaultAccount(staff_id=staff_id, account_id=account_id))

@@ -6,7 +6,12 @@ from datetime import UTC, datetime
 
 from ..models import EmailAccount
 from ..transports import imap, pop3, smtp
-from ..transports.base import CertificateInfo, ReadSettings, SmtpSettings, TransportError
+from ..transports.base import (
+    CertificateInfo,
+    ReadSettings,
+    SmtpSettings,
+    TransportError,
+)
 from .messages import build_test_message
 
 log = logging.getLogger(__name__)
@@ -55,15 +60,25 @@ def run_send_test(
 ) -> TestOutcome:
     """Send a test message with ``settings`` and report what happened."""
     message = build_test_message(
-        from_address=from_address, from_name=from_name, to=to, account_label=account_label
+        from_address=from_address,
+        from_name=from_name,
+        to=to,
+        account_label=account_label,
     )
-    log.info("Test send started for account %s via %s:%s", account_id, settings.host, settings.port)
+    log.info(
+        "Test send started for account %s via %s:%s",
+        account_id,
+        settings.host,
+        settings.port,
+    )
     try:
         result = smtp.send_message(settings, message)
     except TransportError as error:
         log.info(
             "Test send failed for account %s at step %s: %s",
-            account_id, error.step, error.summary,
+            account_id,
+            error.step,
+            error.summary,
         )
         return _failure(SEND, error)
     return TestOutcome(
@@ -74,11 +89,16 @@ def run_send_test(
     )
 
 
-def run_read_test(settings: ReadSettings, *, account_id: int | None = None) -> TestOutcome:
+def run_read_test(
+    settings: ReadSettings, *, account_id: int | None = None
+) -> TestOutcome:
     """Sign in to the incoming server, open the folder and count its messages."""
     log.info(
         "Test read started for account %s via %s %s:%s",
-        account_id, settings.protocol, settings.host, settings.port,
+        account_id,
+        settings.protocol,
+        settings.host,
+        settings.port,
     )
     try:
         if settings.protocol == "imap":
@@ -90,7 +110,9 @@ def run_read_test(settings: ReadSettings, *, account_id: int | None = None) -> T
     except TransportError as error:
         log.info(
             "Test read failed for account %s at step %s: %s",
-            account_id, error.step, error.summary,
+            account_id,
+            error.step,
+            error.summary,
         )
         return _failure(READ, error)
 

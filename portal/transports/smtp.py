@@ -17,7 +17,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.errors import HeaderParseError
+from email.errors import HeaderParseError, NonASCIILocalPartDefect
 from email.headerregistry import Address, Group
 from email.message import EmailMessage
 from types import TracebackType
@@ -706,6 +706,15 @@ def _envelope_address(address: Address, step: Step) -> str:
 def _parse_address(text: str, step: Step) -> Address:
     try:
         return Address(addr_spec=text)
+    except NonASCIILocalPartDefect:
+        # The email package's parser rejects UTF-8 local parts, which SMTPUTF8
+        # (RFC 6531) allows; the address was validated when it was entered.
+        local, _, domain = text.rpartition("@")
+        if local and domain:
+            return Address(username=local, domain=domain)
+        raise TransportError(
+            step, f"{text!r} is not a valid email address.", "Correct the address."
+        ) from None
     except (HeaderParseError, ValueError, IndexError):
         raise TransportError(
             step, f"{text!r} is not a valid email address.", "Correct the address."

@@ -3,16 +3,18 @@
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask_migrate import upgrade
 from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.extensions import db
-from tests.conftest import PASSWORD
 from portal.staff import create_staff
+from tests.conftest import PASSWORD
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -30,9 +32,18 @@ def chromium_path() -> str | None:
     return os.environ.get("PORTAL_CHROMIUM") or shutil.which("chromium")
 
 
+@dataclass
+class LiveServer:
+    url: str
+    app: Flask
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
-    """The portal on SQLite, served by a thread, with an administrator and a staff member."""
+    """The portal on SQLite, served by a thread, with an administrator and a staff member.
+
+    No delivery worker runs; a test that needs one starts it.
+    """
     folder = tmp_path_factory.mktemp("live")
     app = create_app(
         {
@@ -51,7 +62,7 @@ def live_server(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield LiveServer(f"http://127.0.0.1:{server.server_port}", app)
     finally:
         server.shutdown()
         thread.join()
@@ -67,14 +78,18 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_FLAGS
+        )
         yield browser
         browser.close()
 
 
 @pytest.fixture
 def page(browser, live_server):
-    context = browser.new_context(base_url=live_server, viewport={"width": 1280, "height": 900})
+    context = browser.new_context(
+        base_url=live_server.url, viewport={"width": 1280, "height": 900}
+    )
     page = context.new_page()
     yield page
     context.close()

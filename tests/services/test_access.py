@@ -157,9 +157,16 @@ def test_explain_access_names_each_grant(app):
     factories.account("Own", owner=alice)
     factories.account("Machines", security=Security.SYSTEM)
 
-    reasons = {entry.account.friendly_name: entry.reasons for entry in access.explain_access(alice.id)}
+    reasons = {
+        entry.account.friendly_name: entry.reasons
+        for entry in access.explain_access(alice.id)
+    }
     assert reasons == {
-        "Granted": ["Granted by name", "Has the role Supervisor", "Member of the skillgroup Networks"],
+        "Granted": [
+            "Granted by name",
+            "Has the role Supervisor",
+            "Member of the skillgroup Networks",
+        ],
         "Shared": ["Security: All staff members"],
         "Own": ["Personal account"],
     }
@@ -216,7 +223,10 @@ def model_usable(world, principal) -> set[int]:
         if not account["enabled"]:
             continue
         if isinstance(principal, ModulePrincipal):
-            if account["owner"] is None and account["security"] in ("everyone", "system"):
+            if account["owner"] is None and account["security"] in (
+                "everyone",
+                "system",
+            ):
                 usable.add(account["id"])
             continue
         staff = world["staff"][principal.staff_id]
@@ -242,13 +252,25 @@ def model_usable(world, principal) -> set[int]:
 
 world_strategy = st.fixed_dictionaries(
     {
-        "staff": st.lists(st.tuples(st.booleans(), st.sets(st.integers(0, 3)), st.sets(st.integers(0, 2))), min_size=1, max_size=6),
+        "staff": st.lists(
+            st.tuples(
+                st.booleans(), st.sets(st.integers(0, 3)), st.sets(st.integers(0, 2))
+            ),
+            min_size=1,
+            max_size=6,
+        ),
         "accounts": st.lists(
             st.tuples(
                 st.sampled_from(list(Security)),
                 st.booleans(),  # enabled
                 st.one_of(st.none(), st.integers(0, 5)),  # owner index
-                st.lists(st.tuples(st.sampled_from(["staff", "skillgroup", "role"]), st.integers(0, 5)), max_size=4),
+                st.lists(
+                    st.tuples(
+                        st.sampled_from(["staff", "skillgroup", "role"]),
+                        st.integers(0, 5),
+                    ),
+                    max_size=4,
+                ),
             ),
             max_size=10,
         ),
@@ -263,7 +285,11 @@ def clear_tables():
     db.session.commit()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(generated=world_strategy)
 def test_rule_matches_model(app, generated):
     clear_tables()
@@ -284,7 +310,11 @@ def test_rule_matches_model(app, generated):
     db.session.flush()
 
     for security, enabled, owner_index, grant_specs in generated["accounts"]:
-        owner = staff_rows[owner_index % len(staff_rows)] if owner_index is not None else None
+        owner = (
+            staff_rows[owner_index % len(staff_rows)]
+            if owner_index is not None
+            else None
+        )
         account = factories.account(owner=owner, security=security, enabled=enabled)
         grants = set()
         for kind, index in grant_specs:
@@ -301,15 +331,27 @@ def test_rule_matches_model(app, generated):
             factories.grant(account, **{kind: target})
             grants.add((kind, target.id))
         world["accounts"].append(
-            {"id": account.id, "owner": owner.id if owner else None, "security": str(security), "enabled": enabled, "grants": grants}
+            {
+                "id": account.id,
+                "owner": owner.id if owner else None,
+                "security": str(security),
+                "enabled": enabled,
+                "grants": grants,
+            }
         )
     db.session.commit()
 
-    principals = [StaffPrincipal(staff.id) for staff in staff_rows] + [ModulePrincipal(m) for m in MODULES]
+    principals = [StaffPrincipal(staff.id) for staff in staff_rows] + [
+        ModulePrincipal(m) for m in MODULES
+    ]
     for principal in principals:
         assert usable_ids(principal) == model_usable(world, principal), principal
     for account in world["accounts"]:
-        expected = {sid for sid in world["staff"] if account["id"] in model_usable(world, StaffPrincipal(sid))}
+        expected = {
+            sid
+            for sid in world["staff"]
+            if account["id"] in model_usable(world, StaffPrincipal(sid))
+        }
         row = db.session.get(factories.EmailAccount, account["id"])
         preview = access.preview_access(row, limit=100)
         assert {s.id for s in preview.staff} == expected

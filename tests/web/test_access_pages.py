@@ -64,17 +64,25 @@ def test_grant_editor_adds_and_removes(app, admin_client):
     assert "<html" not in candidates
 
     panel = admin_client.post(
-        f"{GLOBAL}/{account.id}/grants", data={"kind": "skillgroup", "target_id": group.id}, headers=HTMX
+        f"{GLOBAL}/{account.id}/grants",
+        data={"kind": "skillgroup", "target_id": group.id},
+        headers=HTMX,
     ).get_data(as_text=True)
     assert "Networks" in panel
     assert "<strong>0</strong> staff members may use" in panel
 
-    admin_client.post(f"{GLOBAL}/{account.id}/grants", data={"kind": "staff", "target_id": alice.id}, headers=HTMX)
+    admin_client.post(
+        f"{GLOBAL}/{account.id}/grants",
+        data={"kind": "staff", "target_id": alice.id},
+        headers=HTMX,
+    )
     grants = db.session.scalars(select(AccountGrant)).all()
     assert len(grants) == 2
 
     grant_id = next(g.id for g in grants if g.staff_id == alice.id)
-    panel = admin_client.post(f"{GLOBAL}/{account.id}/grants/{grant_id}/delete", headers=HTMX).get_data(as_text=True)
+    panel = admin_client.post(
+        f"{GLOBAL}/{account.id}/grants/{grant_id}/delete", headers=HTMX
+    ).get_data(as_text=True)
     assert "alice" not in panel.split("Effective access")[0]
     assert len(db.session.scalars(select(AccountGrant)).all()) == 1
 
@@ -83,7 +91,9 @@ def test_grant_for_missing_target_is_explained(admin_client):
     account = factories.account(security="permissions")
     db.session.commit()
     fragment = admin_client.post(
-        f"{GLOBAL}/{account.id}/grants", data={"kind": "role", "target_id": "9999"}, headers=HTMX
+        f"{GLOBAL}/{account.id}/grants",
+        data={"kind": "role", "target_id": "9999"},
+        headers=HTMX,
     ).get_data(as_text=True)
     assert "no longer exists" in fragment
     assert db.session.scalars(select(AccountGrant)).all() == []
@@ -93,7 +103,10 @@ def test_grant_without_javascript_redirects_to_panel(admin_client):
     group = factories.skillgroup("Networks")
     account = factories.account(security="permissions")
     db.session.commit()
-    response = admin_client.post(f"{GLOBAL}/{account.id}/grants", data={"kind": "skillgroup", "target_id": group.id})
+    response = admin_client.post(
+        f"{GLOBAL}/{account.id}/grants",
+        data={"kind": "skillgroup", "target_id": group.id},
+    )
     assert response.status_code == 302
     assert response.headers["Location"].endswith("#access")
 
@@ -102,7 +115,10 @@ def test_grants_rejected_on_personal_account(app, admin_client, admin):
     account = factories.account(owner=admin)
     group = factories.skillgroup()
     db.session.commit()
-    response = admin_client.post(f"{GLOBAL}/{account.id}/grants", data={"kind": "skillgroup", "target_id": group.id})
+    response = admin_client.post(
+        f"{GLOBAL}/{account.id}/grants",
+        data={"kind": "skillgroup", "target_id": group.id},
+    )
     assert response.status_code == 404
 
 
@@ -111,7 +127,9 @@ def test_preview_search_fragment(app, admin_client):
     make_staff("bob")
     account = factories.account(security="all_staff")
     db.session.commit()
-    fragment = admin_client.get(f"{GLOBAL}/{account.id}/access-preview?q=bob", headers=HTMX).get_data(as_text=True)
+    fragment = admin_client.get(
+        f"{GLOBAL}/{account.id}/access-preview?q=bob", headers=HTMX
+    ).get_data(as_text=True)
     assert fragment.lstrip().startswith('<div id="access-preview"')
     assert "bob" in fragment
     assert "alice" not in fragment
@@ -133,7 +151,9 @@ def test_staff_access_reverse_view(app, admin_client):
     db.session.commit()
     matches = admin_client.get("/admin/staff-access?q=ali").get_data(as_text=True)
     assert f"staff_id={alice.id}" in matches
-    page = admin_client.get(f"/admin/staff-access?staff_id={alice.id}").get_data(as_text=True)
+    page = admin_client.get(f"/admin/staff-access?staff_id={alice.id}").get_data(
+        as_text=True
+    )
     assert "Network desk" in page
     assert "Member of the skillgroup Networks" in page
 
@@ -145,7 +165,9 @@ def test_personal_switch_blocks_creation(app, client):
     db.session.commit()
 
     sign_in(client, "root")
-    fragment = client.post("/admin/settings/personal-accounts", data={"allowed": "0"}, headers=HTMX).get_data(as_text=True)
+    fragment = client.post(
+        "/admin/settings/personal-accounts", data={"allowed": "0"}, headers=HTMX
+    ).get_data(as_text=True)
     assert "Off" in fragment
     assert "1 personal account exists" in fragment
     assert not personal_accounts_allowed()
@@ -155,10 +177,17 @@ def test_personal_switch_blocks_creation(app, client):
     assert "turned off creating personal email accounts" in page
     assert "Alice&#39;s own" in page
     assert client.get(f"{PERSONAL}/new/internet").status_code == 403
-    response = client.post(f"{PERSONAL}/new/internet", data=account_form(friendly_name="Sneaky"))
+    response = client.post(
+        f"{PERSONAL}/new/internet", data=account_form(friendly_name="Sneaky")
+    )
     assert response.status_code == 403
     assert "turned off" in response.get_data(as_text=True)
-    assert db.session.scalar(select(EmailAccount).where(EmailAccount.friendly_name == "Sneaky")) is None
+    assert (
+        db.session.scalar(
+            select(EmailAccount).where(EmailAccount.friendly_name == "Sneaky")
+        )
+        is None
+    )
 
 
 def test_personal_switch_page_links_to_accounts(app, admin_client):
@@ -196,7 +225,9 @@ def test_default_account_is_saved(app, client):
     desk = factories.account("Everyone desk")
     db.session.commit()
     sign_in(client, "alice")
-    fragment = client.post("/preferences/email/default-account", data={"account_id": desk.id}, headers=HTMX).get_data(as_text=True)
+    fragment = client.post(
+        "/preferences/email/default-account", data={"account_id": desk.id}, headers=HTMX
+    ).get_data(as_text=True)
     assert re.search(rf'value="{desk.id}"[^>]*\s+checked', fragment)
     assert db.session.get(DefaultAccount, alice.id).account_id == desk.id
 
@@ -206,13 +237,17 @@ def test_default_account_must_be_usable(app, client):
     robots = factories.account("Robots", security="system")
     db.session.commit()
     sign_in(client, "alice")
-    response = client.post("/preferences/email/default-account", data={"account_id": robots.id})
+    response = client.post(
+        "/preferences/email/default-account", data={"account_id": robots.id}
+    )
     assert response.status_code == 403
     assert db.session.scalars(select(DefaultAccount)).all() == []
 
 
 def test_default_account_rejects_malformed_id(app, staff_client):
-    response = staff_client.post("/preferences/email/default-account", data={"account_id": "1 OR 1=1"})
+    response = staff_client.post(
+        "/preferences/email/default-account", data={"account_id": "1 OR 1=1"}
+    )
     assert response.status_code == 400
 
 
@@ -227,7 +262,12 @@ def test_staff_cannot_reach_access_routes(app, staff_client):
         "/admin/personal-accounts",
     ):
         assert staff_client.get(url).status_code == 403, url
-    assert staff_client.post(f"{GLOBAL}/{account.id}/security", data={"security": "system"}).status_code == 403
+    assert (
+        staff_client.post(
+            f"{GLOBAL}/{account.id}/security", data={"security": "system"}
+        ).status_code
+        == 403
+    )
 
 
 def grid_queries(client, url, make, count):

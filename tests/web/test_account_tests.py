@@ -10,7 +10,12 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import EmailAccount
 from tests.conftest import HTMX
-from tests.servers.smtp import SMTP_PASSWORD, SMTP_USERNAME, Authenticator, RecordingHandler
+from tests.servers.smtp import (
+    SMTP_PASSWORD,
+    SMTP_USERNAME,
+    Authenticator,
+    RecordingHandler,
+)
 from tests.web.test_accounts import PERSONAL, account_form
 
 NEW = f"{PERSONAL}/new/internet"
@@ -53,9 +58,13 @@ def test_send_succeeds_and_message_arrives(staff_client, plain_smtp):
     assert message["Subject"] == "Test message from the email account portal"
 
 
-def test_untrusted_certificate_then_trusted_fingerprint(staff_client, smtp_server, certificates):
+def test_untrusted_certificate_then_trusted_fingerprint(
+    staff_client, smtp_server, certificates
+):
     authenticator = Authenticator()
-    server = smtp_server(tls="starttls", certificate=certificates.server, authenticator=authenticator)
+    server = smtp_server(
+        tls="starttls", certificate=certificates.server, authenticator=authenticator
+    )
     form = smtp_form(
         server,
         smtp_security="starttls",
@@ -78,7 +87,9 @@ def test_untrusted_certificate_then_trusted_fingerprint(staff_client, smtp_serve
 
 def test_changed_certificate_is_reported(staff_client, smtp_server, certificates):
     server = smtp_server(tls="implicit", certificate=certificates.self_signed)
-    form = smtp_form(server, smtp_security="ssl", trusted_fingerprint=certificates.server.sha256)
+    form = smtp_form(
+        server, smtp_security="ssl", trusted_fingerprint=certificates.server.sha256
+    )
     fragment = run_test(staff_client, form)
     assert "failed at the TLS step" in fragment
     assert "changed" in fragment
@@ -89,13 +100,20 @@ def test_changed_certificate_is_reported(staff_client, smtp_server, certificates
     ("failure", "expected"),
     [
         ("535 5.7.8 Authentication credentials invalid", "535"),
-        ("535 5.7.139 Authentication unsuccessful, basic authentication is disabled", "Microsoft 365"),
+        (
+            "535 5.7.139 Authentication unsuccessful, basic authentication is disabled",
+            "Microsoft 365",
+        ),
         ("534 5.7.9 Application-specific password required", "app"),
     ],
 )
-def test_authentication_failures(staff_client, smtp_server, certificates, failure, expected):
+def test_authentication_failures(
+    staff_client, smtp_server, certificates, failure, expected
+):
     authenticator = Authenticator(failures={SMTP_USERNAME: failure})
-    server = smtp_server(tls="starttls", certificate=certificates.server, authenticator=authenticator)
+    server = smtp_server(
+        tls="starttls", certificate=certificates.server, authenticator=authenticator
+    )
     form = smtp_form(
         server,
         smtp_security="starttls",
@@ -111,14 +129,18 @@ def test_authentication_failures(staff_client, smtp_server, certificates, failur
 
 
 def test_sender_refused(staff_client, smtp_server):
-    server = smtp_server(handler=RecordingHandler(mail_reply="550 5.7.1 Sender not allowed"))
+    server = smtp_server(
+        handler=RecordingHandler(mail_reply="550 5.7.1 Sender not allowed")
+    )
     fragment = run_test(staff_client, smtp_form(server))
     assert "failed at the sender step" in fragment
     assert "550 5.7.1 Sender not allowed" in fragment
 
 
 def test_recipient_refused(staff_client, smtp_server):
-    handler = RecordingHandler(rcpt_replies={"recipient@example.com": "550 5.1.1 No such user"})
+    handler = RecordingHandler(
+        rcpt_replies={"recipient@example.com": "550 5.1.1 No such user"}
+    )
     fragment = run_test(staff_client, smtp_form(smtp_server(handler=handler)))
     assert "failed at the recipient step" in fragment
     assert "No such user" in fragment
@@ -145,7 +167,11 @@ def test_server_that_never_greets(staff_client, silent_port):
 
 
 def test_invalid_fields_swap_whole_form(staff_client):
-    response = staff_client.post(NEW, data=account_form(smtp_port="99999", action="test-send", test_to="x"), headers=HTMX)
+    response = staff_client.post(
+        NEW,
+        data=account_form(smtp_port="99999", action="test-send", test_to="x"),
+        headers=HTMX,
+    )
     assert response.headers["HX-Retarget"] == "#account-form"
     assert response.headers["HX-Reswap"] == "outerHTML"
     fragment = response.get_data(as_text=True)
@@ -162,8 +188,12 @@ def test_test_without_javascript_renders_page(staff_client, plain_smtp):
     assert 'value="Hélpdesk Ünïcode"' in page  # what was typed stays
 
 
-def test_saved_account_test_uses_stored_password_and_records_result(staff_client, smtp_server, certificates):
-    server = smtp_server(tls="starttls", certificate=certificates.server, authenticator=Authenticator())
+def test_saved_account_test_uses_stored_password_and_records_result(
+    staff_client, smtp_server, certificates
+):
+    server = smtp_server(
+        tls="starttls", certificate=certificates.server, authenticator=Authenticator()
+    )
     form = smtp_form(
         server,
         smtp_security="starttls",
@@ -216,29 +246,40 @@ def test_imap_read_counts_and_lists_folders(staff_client, dovecot, certificates)
 
 
 def test_imap_read_opens_unicode_folder(staff_client, dovecot, certificates):
-    fragment = run_test(staff_client, read_form(dovecot, certificates, read_folder="Отправленные"))
+    fragment = run_test(
+        staff_client, read_form(dovecot, certificates, read_folder="Отправленные")
+    )
     assert "2 messages" in fragment
 
 
 def test_imap_missing_folder_lists_real_ones(staff_client, dovecot, certificates):
-    fragment = run_test(staff_client, read_form(dovecot, certificates, read_folder="Nope"))
+    fragment = run_test(
+        staff_client, read_form(dovecot, certificates, read_folder="Nope")
+    )
     assert "failed at the folder step" in fragment
     assert "Entwürfe" in fragment
 
 
 def test_imap_wrong_password(staff_client, dovecot, certificates):
-    fragment = run_test(staff_client, read_form(dovecot, certificates, read_password="wrong-password-123"))
+    fragment = run_test(
+        staff_client,
+        read_form(dovecot, certificates, read_password="wrong-password-123"),
+    )
     assert "failed at the authentication step" in fragment
     assert "wrong-password-123" not in fragment
 
 
 def test_pop3_read_counts(staff_client, dovecot, certificates):
-    form = read_form(dovecot, certificates, read_protocol="pop3", read_port=str(dovecot.pop3s_port))
+    form = read_form(
+        dovecot, certificates, read_protocol="pop3", read_port=str(dovecot.pop3s_port)
+    )
     fragment = run_test(staff_client, form)
     assert "Test read succeeded" in fragment
     assert re.search(r"\d+ messages?", fragment)
 
 
 def test_read_without_protocol_is_explained(staff_client):
-    response = staff_client.post(NEW, data=account_form(action="test-read"), headers=HTMX)
+    response = staff_client.post(
+        NEW, data=account_form(action="test-read"), headers=HTMX
+    )
     assert "Choose IMAP or POP3" in response.get_data(as_text=True)

@@ -100,7 +100,9 @@ def test_grid_lists_account(staff_client):
     ],
 )
 def test_invalid_field_gets_message_beside_it(staff_client, field, value, message):
-    response = staff_client.post(f"{PERSONAL}/new/internet", data=account_form(**{field: value}))
+    response = staff_client.post(
+        f"{PERSONAL}/new/internet", data=account_form(**{field: value})
+    )
     page = response.get_data(as_text=True)
     assert response.status_code == 200
     beside = error_beside(page, field)
@@ -111,7 +113,9 @@ def test_invalid_field_gets_message_beside_it(staff_client, field, value, messag
 
 def test_failed_save_keeps_typed_values(staff_client):
     form = account_form(smtp_port="0", description="Night shift mailbox")
-    page = staff_client.post(f"{PERSONAL}/new/internet", data=form).get_data(as_text=True)
+    page = staff_client.post(f"{PERSONAL}/new/internet", data=form).get_data(
+        as_text=True
+    )
     assert 'value="smtp.example.test"' in page
     assert "Night shift mailbox" in page
     assert 'value="The Helpdesk"' in page
@@ -181,7 +185,9 @@ def test_friendly_name_unique_per_owner(app, client):
 def test_global_and_personal_names_do_not_clash(app, client):
     make_staff("root", administrator=True)
     sign_in(client, "root")
-    assert client.post(f"{PERSONAL}/new/internet", data=account_form()).status_code == 302
+    assert (
+        client.post(f"{PERSONAL}/new/internet", data=account_form()).status_code == 302
+    )
     assert client.post(f"{GLOBAL}/new/internet", data=account_form()).status_code == 302
     personal, global_ = accounts()
     assert personal.owner_id is not None
@@ -198,8 +204,15 @@ def test_other_staff_cannot_see_personal_account(app, client):
     sign_in(client, "bob")
     assert "Helpdesk" not in client.get(PERSONAL).get_data(as_text=True)
     assert client.get(f"{PERSONAL}/{account.id}").status_code == 404
-    assert client.post(f"{PERSONAL}/{account.id}", data=account_form()).status_code == 404
-    assert client.post(f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"}).status_code == 404
+    assert (
+        client.post(f"{PERSONAL}/{account.id}", data=account_form()).status_code == 404
+    )
+    assert (
+        client.post(
+            f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"}
+        ).status_code
+        == 404
+    )
     assert client.post(f"{PERSONAL}/{account.id}/delete").status_code == 404
     db.session.expire_all()
     assert account.enabled
@@ -209,7 +222,9 @@ def test_admin_page_does_not_show_personal_accounts(app, client):
     make_staff("alice")
     make_staff("root", administrator=True)
     sign_in(client, "alice")
-    client.post(f"{PERSONAL}/new/internet", data=account_form(friendly_name="Alice's own"))
+    client.post(
+        f"{PERSONAL}/new/internet", data=account_form(friendly_name="Alice's own")
+    )
     (account,) = accounts()
 
     sign_in(client, "root")
@@ -220,7 +235,9 @@ def test_admin_page_does_not_show_personal_accounts(app, client):
 def test_toggle_enabled_with_htmx_returns_row(staff_client):
     staff_client.post(f"{PERSONAL}/new/internet", data=account_form())
     (account,) = accounts()
-    response = staff_client.post(f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"}, headers=HTMX)
+    response = staff_client.post(
+        f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"}, headers=HTMX
+    )
     fragment = response.get_data(as_text=True)
     assert response.status_code == 200
     assert fragment.lstrip().startswith("<tr")
@@ -233,7 +250,9 @@ def test_toggle_enabled_with_htmx_returns_row(staff_client):
 def test_toggle_enabled_without_javascript_redirects(staff_client):
     staff_client.post(f"{PERSONAL}/new/internet", data=account_form())
     (account,) = accounts()
-    response = staff_client.post(f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"})
+    response = staff_client.post(
+        f"{PERSONAL}/{account.id}/enabled", data={"enabled": "0"}
+    )
     assert response.status_code == 302
 
 
@@ -255,7 +274,9 @@ def test_grid_delete_asks_for_confirmation(staff_client):
 
 
 def test_preset_fills_server_settings(staff_client):
-    form = account_form(preset="gmail", action="apply-preset", smtp_host="", smtp_port="")
+    form = account_form(
+        preset="gmail", action="apply-preset", smtp_host="", smtp_port=""
+    )
     response = staff_client.post(f"{PERSONAL}/new/internet", data=form, headers=HTMX)
     fragment = response.get_data(as_text=True)
     assert '<form id="account-form"' in fragment
@@ -266,12 +287,16 @@ def test_preset_fills_server_settings(staff_client):
 
 def test_port_security_mismatch_warns(staff_client):
     form = account_form(smtp_port="465", smtp_security="starttls", friendly_name="")
-    page = staff_client.post(f"{PERSONAL}/new/internet", data=form).get_data(as_text=True)
+    page = staff_client.post(f"{PERSONAL}/new/internet", data=form).get_data(
+        as_text=True
+    )
     assert 'id="smtp_port-warning"' in page
 
 
 def test_internationalised_host_stored_as_idna(staff_client):
-    staff_client.post(f"{PERSONAL}/new/internet", data=account_form(smtp_host="smtp.bücher.example"))
+    staff_client.post(
+        f"{PERSONAL}/new/internet", data=account_form(smtp_host="smtp.bücher.example")
+    )
     (account,) = accounts()
     assert account.settings["smtp"]["host"] == "smtp.xn--bcher-kva.example"
 

@@ -30,7 +30,8 @@ def test_sign_in_rejects_disabled_staff(client, staff, app):
 def test_sign_in_ignores_offsite_next(client, staff):
     client.csrf = None
     response = client.post(
-        "/sign-in?next=https://evil.example/", data={"username": "alice", "password": PASSWORD}
+        "/sign-in?next=https://evil.example/",
+        data={"username": "alice", "password": PASSWORD},
     )
     assert response.headers["Location"] == "/"
 

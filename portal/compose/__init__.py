@@ -1,0 +1,7 @@
+"""Composing messages and following their delivery."""
+
+from flask import Blueprint
+
+bp = Blueprint("compose", __name__)
+
+from . import routes  # noqa: E402,F401
