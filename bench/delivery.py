@@ -11,8 +11,9 @@ Both sides send to an aiosmtpd server that runs in a separate process on
 127.0.0.1 and records the Message-ID of every message it accepts, so that the
 benchmark can check that each side delivered every message exactly once.
 Rounds alternate which side goes first. The benchmark prints the median
-throughput of each side, where the portal's time goes and, on the last line,
-``ratio=portal/baseline`` (throughputs, so higher is better).
+throughput of each side, the CPU time of the benchmark process per message
+(the server's CPU time is not included), where the portal's time goes and, on
+the last line, ``ratio=portal/baseline`` (throughputs, so higher is better).
 
     .venv/bin/python bench/delivery.py                       # SQLite file
     .venv/bin/python bench/delivery.py --database-url URL    # e.g. PostgreSQL
@@ -174,6 +175,12 @@ class ServerProcess:
 
 
 @dataclass(frozen=True)
+class Measurement:
+    seconds: float  # wall time
+    cpu_seconds: float  # CPU time of this process, all threads
+
+
+@dataclass(frozen=True)
 class QueuedMessage:
     sender: str
     recipients: list[str]
@@ -229,7 +236,10 @@ def queue_messages(account_id: int, count: int) -> list[QueuedMessage]:
         .where(OutboxMessage.status == delivery.QUEUED)
         .order_by(OutboxMessage.id)
     )
-    return [QueuedMessage(sender, list(recipients), mime) for sender, recipients, mime in rows]
+    return [
+        QueuedMessage(sender, list(recipients), mime)
+        for sender, recipients, mime in rows
+    ]
 
 
 def drain_outbox(policy: delivery.DeliveryPolicy, expected: int) -> int:
@@ -259,9 +269,7 @@ def check_outbox(expected: int) -> None:
         raise SystemExit(
             f"Expected {expected} sent rows in the outbox, found these counts by status: {counts}"
         )
-    retried = db.session.scalar(
-        select(func.count()).where(OutboxMessage.attempts != 1)
-    )
+    retried = db.session.scalar(select(func.count()).where(OutboxMessage.attempts != 1))
     if retried:
         raise SystemExit(f"{retried} outbox rows needed more than one attempt.")
 
@@ -316,11 +324,11 @@ class StageTimer:
         inside_deliver = seconds["_parse"] + seconds["_send_all"] + seconds["_record"]
         return {
             "claim (claim_batch)": seconds["claim_batch"],
-            "load rows, check access": seconds["deliver"] - inside_deliver,
+            "load rows, check access, event loop": seconds["deliver"] - inside_deliver,
             "parse MIME (_parse)": seconds["_parse"],
             "send (_send_all)": seconds["_send_all"],
             "record outcomes (_record)": seconds["_record"],
-            "rest (event loop setup, run_once)": total
+            "rest of run_once and the loop": total
             - seconds["claim_batch"]
             - seconds["deliver"],
         }
@@ -380,50 +388,57 @@ def run_round(
     portal_first: bool,
     timer: StageTimer | None,
     profiler: cProfile.Profile | None,
-) -> tuple[float, float]:
-    """Queue ``count`` messages, send them through both sides; return both times."""
+) -> tuple[Measurement, Measurement]:
+    """Queue ``count`` messages and send them through both sides.
+
+    Returns the measurements of the portal and of the baseline.
+    """
     messages = queue_messages(account_id, count)
     expected_ids = [message_id(message.mime) for message in messages]
     if len(set(expected_ids)) != count or "" in expected_ids:
         raise SystemExit("The queued messages do not have distinct Message-IDs.")
 
-    def baseline() -> float:
+    def baseline() -> Measurement:
         server.reset()
-        started = time.perf_counter()
+        cpu_started, started = time.process_time(), time.perf_counter()
         asyncio.run(send_baseline(server.port, messages))
-        elapsed = time.perf_counter() - started
+        measurement = Measurement(
+            time.perf_counter() - started, time.process_time() - cpu_started
+        )
         check_received(server, expected_ids, "baseline")
-        return elapsed
+        return measurement
 
-    def portal() -> float:
+    def portal() -> Measurement:
         server.reset()
         if timer:
             timer.install()
         if profiler:
             profiler.enable()
-        started = time.perf_counter()
+        cpu_started, started = time.process_time(), time.perf_counter()
         try:
             drain_outbox(policy, count)
         finally:
-            elapsed = time.perf_counter() - started
+            measurement = Measurement(
+                time.perf_counter() - started, time.process_time() - cpu_started
+            )
             if profiler:
                 profiler.disable()
             if timer:
                 timer.remove()
         check_received(server, expected_ids, "portal")
         check_outbox(count)
-        return elapsed
+        return measurement
 
     if portal_first:
-        portal_seconds = portal()
-        baseline_seconds = baseline()
+        portal_measurement = portal()
+        baseline_measurement = baseline()
     else:
-        baseline_seconds = baseline()
-        portal_seconds = portal()
+        baseline_measurement = baseline()
+        portal_measurement = portal()
 
     db.session.execute(delete(OutboxMessage))
     db.session.commit()
-    return portal_seconds, baseline_seconds
+    return portal_measurement, baseline_measurement
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -489,35 +504,60 @@ def main() -> None:
             )
 
             # Warm-up: fills SQLAlchemy's statement cache and imports lazy modules.
-            run_round(server, account_id, min(arguments.messages, 200), policy, False, None, None)
+            run_round(
+                server,
+                account_id,
+                min(arguments.messages, 200),
+                policy,
+                False,
+                None,
+                None,
+            )
 
-            portal_times, baseline_times = [], []
+            portal_runs, baseline_runs = [], []
             for number in range(arguments.rounds):
-                portal_seconds, baseline_seconds = run_round(
-                    server, account_id, arguments.messages, policy, number % 2 == 1, timer, profiler
+                portal_run, baseline_run = run_round(
+                    server,
+                    account_id,
+                    arguments.messages,
+                    policy,
+                    number % 2 == 1,
+                    timer,
+                    profiler,
                 )
-                portal_times.append(portal_seconds)
-                baseline_times.append(baseline_seconds)
+                portal_runs.append(portal_run)
+                baseline_runs.append(baseline_run)
                 print(
-                    f"round {number + 1}: portal {arguments.messages / portal_seconds:,.0f} "
-                    f"messages/s, baseline {arguments.messages / baseline_seconds:,.0f} messages/s"
+                    f"round {number + 1}: portal {arguments.messages / portal_run.seconds:,.0f} "
+                    f"messages/s, baseline {arguments.messages / baseline_run.seconds:,.0f} messages/s"
                 )
     finally:
         server.stop()
 
-    portal_rate = arguments.messages / statistics.median(portal_times)
-    baseline_rate = arguments.messages / statistics.median(baseline_times)
     if profiler:
         profiler.dump_stats(arguments.profile)
         print(f"profile of the portal phases written to {arguments.profile}")
     else:
-        total = sum(portal_times)
+        total = sum(run.seconds for run in portal_runs)
         print("portal time by stage, all rounds:")
         for stage, seconds in timer.breakdown(total).items():
             print(f"  {stage:<36} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
-    print(f"portal delivery worker:  {portal_rate:,.0f} messages/s (median of {arguments.rounds})")
-    print(f"aiosmtplib, no database: {baseline_rate:,.0f} messages/s (median of {arguments.rounds})")
-    print(f"ratio={portal_rate / baseline_rate:.2f}")
+
+    rates = {}
+    for label, runs in (
+        ("portal delivery worker", portal_runs),
+        ("aiosmtplib, no database", baseline_runs),
+    ):
+        rates[label] = arguments.messages / statistics.median(
+            run.seconds for run in runs
+        )
+        cpu = statistics.median(run.cpu_seconds for run in runs) / arguments.messages
+        print(
+            f"{label + ':':<25}{rates[label]:7,.0f} messages/s, "
+            f"{cpu * 1000:.2f} ms CPU per message (medians of {arguments.rounds})"
+        )
+    ratio = rates["portal delivery worker"] / rates["aiosmtplib, no database"]
+    print(f"ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":

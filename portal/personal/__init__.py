@@ -5,7 +5,7 @@ from flask_login import login_required
 
 from ..accounts import AccountScope, register_account_views
 
-bp = Blueprint("personal", __name__, url_prefix="/preferences/email")
+bp = Blueprint("personal", __name__, url_prefix="/preferences")
 
 SCOPE = AccountScope(
     blueprint="personal",
@@ -15,6 +15,6 @@ SCOPE = AccountScope(
     guard=login_required,
 )
 
-register_account_views(bp, SCOPE)
+register_account_views(bp, SCOPE, prefix="/email/accounts")
 
 from . import routes  # noqa: E402,F401

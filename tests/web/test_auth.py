@@ -76,3 +76,19 @@ def test_unknown_page_is_404_page(staff_client):
     response = staff_client.get("/no/such/page")
     assert response.status_code == 404
     assert "Page not found" in response.get_data(as_text=True)
+
+
+def test_change_password(staff_client):
+    form = {"current_password": PASSWORD, "new_password": "a new passphrase", "confirm_password": "a new passphrase"}
+    response = staff_client.post("/preferences/password", data=form)
+    assert response.status_code == 302
+    staff_client.post("/sign-out")
+    assert sign_in(staff_client, "alice", "a new passphrase").status_code == 302
+
+
+def test_change_password_checks_current_and_repeat(staff_client):
+    form = {"current_password": "wrong", "new_password": "a new passphrase", "confirm_password": "different"}
+    page = staff_client.post("/preferences/password", data=form).get_data(as_text=True)
+    assert "The current password is incorrect." in page or "The two new passwords differ." in page
+    assert 'id="confirm_password-error"' in page
+    assert "a new passphrase" not in page
