@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from . import crypto
 from .extensions import db
-from .models import AccountSecret
+from .models import AccountSecret, IntegrationSecret
 from .services import people_import
 from .services.delivery import DeliveryWorker, run_once
 from .staff import StaffError, create_staff, ensure_first_administrator
@@ -153,7 +153,7 @@ def _echo_import_report(report: people_import.ImportReport) -> None:
 
 
 # Every model with a ``ciphertext`` column produced by ``crypto.encrypt``.
-SECRET_HOLDERS = [AccountSecret]
+SECRET_HOLDERS = [AccountSecret, IntegrationSecret]
 
 
 @click.command("serve")

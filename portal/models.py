@@ -160,6 +160,9 @@ class EmailAccount(db.Model):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # Who may use a global account: one of ``Security``; ignored for personal ones.
     security: Mapped[str] = mapped_column(String(20), default="everyone")
+    # Incremented by every save from the account form, so a save based on an
+    # older copy of the account can be detected.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow
@@ -347,3 +350,61 @@ class EmailTemplate(db.Model):
     )
 
     from_account: Mapped[EmailAccount | None] = relationship()
+
+
+class Integration(db.Model):
+    """The portal's connection to a cloud directory: a Microsoft 365 tenant or
+    a Google Workspace. ``kind`` names it; non-secret settings live in
+    ``settings`` and secrets, encrypted, in ``IntegrationSecret`` rows."""
+
+    __tablename__ = "integration"
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    secrets: Mapped[list["IntegrationSecret"]] = relationship(
+        back_populates="integration", cascade="all, delete-orphan"
+    )
+
+
+class IntegrationSecret(db.Model):
+    """One encrypted secret of an integration (a client secret, a key)."""
+
+    __tablename__ = "integration_secret"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(
+        ForeignKey("integration.kind", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(50))
+    ciphertext: Mapped[str] = mapped_column(Text)
+
+    integration: Mapped[Integration] = relationship(back_populates="secrets")
+
+
+class AuditEvent(db.Model):
+    """One recorded action: who, when, from where, on what, what changed, and
+    the outcome. Secrets appear in ``changes`` only as changed, never as values.
+    The portal never updates or deletes these rows."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff_member.id", ondelete="SET NULL"), index=True
+    )
+    # Kept as text too, so the record still names the person after they are deleted.
+    username: Mapped[str] = mapped_column(String(64), default="")
+    remote_addr: Mapped[str] = mapped_column(String(45), default="")
+    action: Mapped[str] = mapped_column(String(50), index=True)
+    object_type: Mapped[str] = mapped_column(String(30), default="", index=True)
+    object_id: Mapped[str] = mapped_column(String(50), default="")
+    object_label: Mapped[str] = mapped_column(String(200), default="")
+    changes: Mapped[dict] = mapped_column(JSON, default=dict)
+    outcome: Mapped[str] = mapped_column(String(20), default="success")
+    detail: Mapped[str] = mapped_column(String(1000), default="")

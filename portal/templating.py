@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from flask import Flask, render_template
 
+from .accounts import types as account_types
 from .extensions import htmx
 from .services.access import SECURITY_HELP, SECURITY_LABELS
 
@@ -37,6 +38,7 @@ def register(app: Flask) -> None:
     app.jinja_env.globals["security_labels"] = {
         str(key): label for key, label in SECURITY_LABELS.items()
     }
+    app.jinja_env.globals["account_type_label"] = account_types.describe
     app.jinja_env.globals["security_help"] = {
         str(key): text for key, text in SECURITY_HELP.items()
     }

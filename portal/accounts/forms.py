@@ -78,7 +78,58 @@ def header_value(max_length: int):
     return normalised_by(lambda value: validation.check_header_value(value, max_length))
 
 
-class InternetAccountForm(FlaskForm):
+class AccountForm(FlaskForm):
+    """The steps every account type shares: the test destination, the names
+    and, for new global accounts, the security choice."""
+
+    test_to = EmailField(
+        "Send the test message to",
+        validators=[normalised_by(validation.normalise_email)],
+    )
+
+    friendly_name = StringField("Friendly name", validators=[header_value(100)])
+    description = TextAreaField("Description")
+    from_name = StringField("From display name", validators=[header_value(200)])
+    enabled = BooleanField("Enabled", default=True)
+    security = RadioField(
+        "Security",
+        choices=[
+            SelectChoice(str(value), label, render_kw={"title": SECURITY_HELP[value]})
+            for value, label in SECURITY_LABELS.items()
+        ],
+        default=str(Security.EVERYONE),
+    )
+
+    def validate_test_destination(self) -> bool:
+        if not self.test_to.validate(self):
+            return False
+        if not self.test_to.data:
+            self.test_to.errors.append("Enter the address the test message goes to.")
+            return False
+        return True
+
+    def validate_names(self, include_security: bool = False) -> bool:
+        """Validate the names step; ``security`` only where the form shows it."""
+        ok = True
+        names = NAME_FIELDS + (("security",) if include_security else ())
+        for name in names:
+            field = self[name]
+            if isinstance(field.data, str):
+                field.data = field.data.strip()
+            if not field.validate(self):
+                ok = False
+        if not self.friendly_name.data:
+            self.friendly_name.errors.append(
+                "Enter a friendly name; it is shown in every list of accounts."
+            )
+            ok = False
+        if self.description.data and len(self.description.data) > 500:
+            self.description.errors.append("Keep the description to 500 characters.")
+            ok = False
+        return ok
+
+
+class InternetAccountForm(AccountForm):
     preset = SelectField("Default settings", choices=[], validate_choice=False)
 
     email_address = EmailField(
@@ -114,23 +165,6 @@ class InternetAccountForm(FlaskForm):
         validators=[normalised_by(validation.normalise_fingerprint)],
     )
 
-    test_to = EmailField(
-        "Send the test message to",
-        validators=[normalised_by(validation.normalise_email)],
-    )
-
-    friendly_name = StringField("Friendly name", validators=[header_value(100)])
-    description = TextAreaField("Description")
-    from_name = StringField("From display name", validators=[header_value(200)])
-    enabled = BooleanField("Enabled", default=True)
-    security = RadioField(
-        "Security",
-        choices=[
-            SelectChoice(str(value), label, render_kw={"title": SECURITY_HELP[value]})
-            for value, label in SECURITY_LABELS.items()
-        ],
-        default=str(Security.EVERYONE),
-    )
 
     def __init__(self, *args, stored_secrets: Iterable[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -161,27 +195,10 @@ class InternetAccountForm(FlaskForm):
             ok = False
         return self._check_required_read_fields() and ok
 
-    def validate_test_destination(self) -> bool:
-        ok = self._run_validators(("test_to",))
-        if not self.test_to.data:
-            self.test_to.errors.append("Enter the address the test message goes to.")
-            ok = False
-        return ok
-
     def validate_all(self, include_security: bool = False) -> bool:
         """Validate every field; ``security`` only where the form shows it."""
         ok = self.validate_server_settings()
-        names = NAME_FIELDS + (("security",) if include_security else ())
-        ok = self._run_validators(names) and ok
-        if not self.friendly_name.data:
-            self.friendly_name.errors.append(
-                "Enter a friendly name; it is shown in every list of accounts."
-            )
-            ok = False
-        if self.description.data and len(self.description.data) > 500:
-            self.description.errors.append("Keep the description to 500 characters.")
-            ok = False
-        return ok
+        return self.validate_names(include_security) and ok
 
     def _run_validators(self, names: Iterable[str]) -> bool:
         ok = True

@@ -2,31 +2,17 @@
 
 import logging
 
-from flask import (
-    Blueprint,
-    abort,
-    current_app,
-    flash,
-    redirect,
-    render_template,
-    request,
-)
-from flask_htmx import make_response
+from flask import Blueprint, abort, flash, redirect, render_template, request
 from flask_login import current_user
 
-from .. import crypto
 from ..extensions import db
-from ..models import EmailAccount
 from ..services import accounts as account_service
-from ..services import preferences, testing
-from ..services.access import Security
-from ..templating import render_page_or_fragment, wants_fragment
-from .forms import InternetAccountForm
+from ..services import preferences
+from ..templating import wants_fragment
+from . import internet, types  # noqa: F401  (internet registers its type)
 from .scope import CREATION_DISABLED, AccountScope
 
 log = logging.getLogger(__name__)
-
-SECRET_FIELDS = ("smtp_password", "read_password")
 
 
 def register_account_views(
@@ -60,16 +46,30 @@ def register_account_views(
         return render_template(
             "accounts/choose_account_type.html",
             scope=scope,
+            choices=[(item, item.availability(scope)) for item in types.all_types()],
             breadcrumbs=scope.breadcrumbs(("New account", None)),
         )
 
-    def create_account():
+    def create_account(type_key: str):
         if not scope.may_create():
             abort(403, description=CREATION_DISABLED)
-        return _account_form_view(scope, None)
+        account_type = types.get(type_key)
+        if account_type is None:
+            abort(404)
+        availability = account_type.availability(scope)
+        if not availability.enabled:
+            abort(403, description=availability.reason)
+        return account_type.view(scope, None)
 
     def edit_account(account_id: int):
-        return _account_form_view(scope, scope.get_account(account_id))
+        account = scope.get_account(account_id)
+        account_type = types.get(account.account_type)
+        if account_type is None:
+            abort(
+                404,
+                description=f"Accounts of type {account.account_type!r} cannot be edited here.",
+            )
+        return account_type.view(scope, account)
 
     def set_account_enabled(account_id: int):
         account = scope.get_account(account_id)
@@ -105,125 +105,13 @@ def register_account_views(
 
     route("", list_accounts)
     route("/new", choose_account_type)
-    route("/new/internet", create_account, methods=("GET", "POST"))
+    route("/new/<type_key>", create_account, methods=("GET", "POST"))
     route("/<int:account_id>", edit_account, methods=("GET", "POST"))
     route("/<int:account_id>/enabled", set_account_enabled, methods=("POST",))
     route("/<int:account_id>/delete", delete_account, methods=("GET", "POST"))
-
-
-def _account_form_view(scope: AccountScope, account: EmailAccount | None):
-    """Show, test or save the Internet account form.
-
-    One route serves every button of the form, told apart by ``action``:
-    ``apply-preset`` fills in a provider's settings, ``test-send`` and
-    ``test-read`` run a test with the values on the form (nothing is saved
-    first), and ``save`` validates everything and stores the account. Without
-    JavaScript each button submits the whole form and gets the page back.
-    """
-    stored = account.secret_names() if account else set()
-    if request.method == "GET":
-        initial = account_service.form_data_from_account(account) if account else {}
-        form = InternetAccountForm(data=initial, stored_secrets=stored)
-        form.test_to.data = form.test_to.data or current_user.email
-        return _render_form(scope, account, form)
-
-    form = InternetAccountForm(stored_secrets=stored)
-    _collect_typed_secrets(form)
-    action = request.form.get("action", "save")
-
-    if action == "apply-preset":
-        form.apply_preset(form.preset.data or "")
-        return _render_form(scope, account, form)
-
-    if action in ("test-send", "test-read"):
-        return _run_test(scope, account, form, action)
-
-    if not form.validate_all(include_security=scope.chooses_security(account)):
-        form.form_errors.append(
-            "The account was not saved. Correct the fields marked below."
-        )
-        return _render_form(scope, account, form)
-
-    created = account is None
-    try:
-        account = account_service.save_internet_account(
-            form,
-            account=account,
-            owner_id=scope.owner_id(),
-            security=form.security.data if scope.chooses_security(account) else None,
-        )
-    except account_service.AccountError as error:
-        form[error.field].errors.append(str(error))
-        return _render_form(scope, account, form)
-    db.session.commit()
-
-    log.info(
-        "Account %s %s by staff member %s",
-        account.id,
-        "created" if created else "updated",
-        current_user.id,
-    )
-    flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
-    if created and account.security == Security.PERMISSIONS and not account.is_personal:
-        flash(
-            "Now choose the skillgroups, roles and staff members who may use it.",
-            "info",
-        )
-        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
-    return redirect(scope.url("list_accounts"))
-
-
-def _run_test(
-    scope: AccountScope,
-    account: EmailAccount | None,
-    form: InternetAccountForm,
-    action: str,
-):
-    timeout = current_app.config["SMTP_TIMEOUT"]
-    if action == "test-send":
-        valid = form.validate_server_settings(include_read=False)
-        valid = form.validate_test_destination() and valid
-    else:
-        valid = form.validate_read_settings()
-
-    if not valid:
-        # Field errors belong beside the fields, so the whole form is swapped.
-        form.form_errors.append(
-            "The test did not run. Correct the fields marked below."
-        )
-        if wants_fragment():
-            response = make_response(
-                _render_form(scope, account, form),
-                retarget="#account-form",
-                reswap="outerHTML",
-            )
-            return response
-        return _render_form(scope, account, form)
-
-    account_id = account.id if account else None
-    if action == "test-send":
-        outcome = testing.run_send_test(
-            account_service.smtp_settings(form, account, timeout),
-            from_address=form.email_address.data,
-            from_name=form.from_name.data or "",
-            to=form.test_to.data,
-            account_label=form.friendly_name.data or form.email_address.data,
-            account_id=account_id,
-        )
-    else:
-        outcome = testing.run_read_test(
-            account_service.read_settings(form, account, timeout), account_id=account_id
-        )
-
-    if account is not None:
-        testing.record_outcome(account, outcome)
-        db.session.commit()
-
-    if wants_fragment():
-        return render_template(
-            "accounts/_test_result.html", outcome=outcome, form=form, oob_folders=True
-        )
-    return _render_form(scope, account, form, outcome=outcome)
+    for account_type in types.all_types():
+        if account_type.register_routes:
+            account_type.register_routes(route, scope)
 
 
 def _sending_choices(scope: AccountScope) -> dict:
@@ -232,53 +120,3 @@ def _sending_choices(scope: AccountScope) -> dict:
         return {}
     usable, default_id = preferences.sending_accounts(current_user.id)
     return {"usable_accounts": usable, "default_account_id": default_id}
-
-
-def _collect_typed_secrets(form: InternetAccountForm) -> None:
-    """Take each secret from its field, or from the sealed copy of a failed step."""
-    for name in SECRET_FIELDS:
-        typed = form[name].data
-        if typed:
-            form.typed_secrets[name] = typed
-            continue
-        sealed = request.form.get(f"{name}_sealed", "")
-        if sealed:
-            value = crypto.unseal(sealed, current_user.id)
-            if value:
-                form.typed_secrets[name] = value
-
-
-def _render_form(
-    scope: AccountScope,
-    account: EmailAccount | None,
-    form: InternetAccountForm,
-    outcome=None,
-):
-    sealed = {
-        name: crypto.seal(value, current_user.id)
-        for name, value in form.typed_secrets.items()
-        if value
-    }
-    if account is None:
-        title = "New Internet (SMTP/IMAP) account"
-        action_url = scope.url("create_account")
-    else:
-        title = account.friendly_name
-        action_url = scope.url("edit_account", account_id=account.id)
-    context = {}
-    if account is not None and scope.edit_context and not wants_fragment():
-        context = scope.edit_context(account)
-    context["account"] = account
-    return render_page_or_fragment(
-        "accounts/edit_account.html",
-        "accounts/_account_form.html",
-        **context,
-        scope=scope,
-        form=form,
-        sealed=sealed,
-        choose_security=scope.chooses_security(account),
-        outcome=outcome,
-        title=title,
-        action_url=action_url,
-        breadcrumbs=scope.breadcrumbs((title, None)),
-    )

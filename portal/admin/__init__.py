@@ -18,5 +18,4 @@ SCOPE = AccountScope(
 
 register_account_views(bp, SCOPE, prefix="/email-accounts")
 
-from . import access, people  # noqa: E402,F401  (their routes are added to bp)
-from . import email_templates, modules  # noqa: E402,F401  (routes added to bp)
+from . import access, email_templates, modules, people  # noqa: E402,F401  (their routes are added to bp)

@@ -1,6 +1,6 @@
 """Email template pages: list, create, edit, delete, preview and send.
 
-The edit page holds the editor, whose preview fills in sample values as they
+The edit page contains the editor, whose preview fills in sample values as they
 are typed, and a panel that sends the saved template as a module. Both
 previews also work without JavaScript through a Preview button, which renders
 the page again with nothing saved or sent.
@@ -31,13 +31,13 @@ PREVIEW = "preview"  # the value of the Preview buttons' ``action``
 
 
 class EmailTemplateForm(FlaskForm):
-    """The editor; ``email_templates.save_template`` checks the values."""
+    """The template editor, whose values ``email_templates.save_template`` checks."""
 
     name = StringField("Name")
     subject = StringField("Subject")
     body = TextAreaField("Text", render_kw={"rows": 12})
-    # Offered from the accounts the Email Templates module may use; the
-    # service checks the submitted id again and the view answers 403.
+    # Offered from the accounts the Email Templates module may use. The service
+    # checks the submitted id again, and the view returns 403 for a forged one.
     from_account_id = SelectField("From account", choices=[], validate_choice=False)
     sample_values = TextAreaField(
         "Sample values for the preview", render_kw={"rows": 4}
@@ -45,7 +45,7 @@ class EmailTemplateForm(FlaskForm):
 
 
 class SendTemplateForm(FlaskForm):
-    """The send panel; ``send_form`` adds one field per placeholder."""
+    """The send panel, to which ``send_form`` adds one field per placeholder."""
 
     to = StringField("To")
     module = SelectField(
@@ -176,8 +176,10 @@ def edit_email_template(template_id: int):
 
 
 def _save(form: EmailTemplateForm, template: EmailTemplate | None):
-    """Save the editor's values and commit; return the template, or None
-    with the errors put beside their fields."""
+    """Save the editor's values and commit.
+
+    Returns the template, or None after putting the errors beside their fields.
+    """
     creating = template is None
     try:
         template = email_templates.save_template(
@@ -196,8 +198,8 @@ def _save(form: EmailTemplateForm, template: EmailTemplate | None):
     except email_templates.OverrideNotUsable as error:
         db.session.rollback()
         log.warning(
-            "Staff member %s may not set account %s as a template's From "
-            "override: the usage rule rejects it",
+            "Rejected staff member %s setting account %s as a template's From "
+            "override, because the usage rule does not allow it",
             current_user.id,
             error.args[0],
         )
@@ -401,7 +403,11 @@ def _send_context(
 
 
 def _send_response(
-    template: EmailTemplate, placeholders: list[str], form, values, **extra
+    template: EmailTemplate,
+    placeholders: list[str],
+    form: SendTemplateForm,
+    values: dict,
+    **extra,
 ):
     """Return the send panel to htmx, or the whole edit page without it."""
     context = _send_context(template, placeholders, form, values, **extra)

@@ -35,10 +35,10 @@ MODULE_HELP = {
 
 
 class ModuleAccountForm(FlaskForm):
-    """The account of one module; the prefix is the module's name."""
+    """The account of one module. The form's prefix is the module's name."""
 
-    # The submitted id is checked against the usage rule in the view, so that
-    # an id that was never offered is answered with 403, not a form error.
+    # The view checks the submitted id against the usage rule, so that an id
+    # that was never offered is rejected with 403, not a form error.
     account_id = SelectField("Sends from", choices=[], validate_choice=False)
 
 
@@ -92,8 +92,8 @@ def assign_module_account(module_name: str):
     except modules.AccountNotUsable as error:
         db.session.rollback()
         log.warning(
-            "Staff member %s may not assign account %s to module %s: the usage "
-            "rule rejects it",
+            "Rejected staff member %s assigning account %s to module %s, because "
+            "the usage rule does not allow it",
             current_user.id,
             account_id,
             module,

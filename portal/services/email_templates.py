@@ -32,7 +32,7 @@ TEMPLATES_PRINCIPAL = ModulePrincipal(Module.EMAIL_TEMPLATES)
 
 
 class TemplateInvalid(ValueError):
-    """Some fields of a template are invalid; ``errors`` maps field to message."""
+    """Some fields of a template are invalid. ``errors`` maps field to message."""
 
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__("; ".join(f"{name}: {text}" for name, text in errors.items()))
@@ -44,7 +44,7 @@ class OverrideNotUsable(PermissionError):
 
 
 class ValuesInvalid(ValueError):
-    """Some placeholder values are missing or invalid; ``errors`` maps
+    """Some placeholder values are missing or invalid. ``errors`` maps
     placeholder name to message."""
 
     def __init__(self, errors: dict[str, str]) -> None:
@@ -65,12 +65,12 @@ def find_placeholders(*texts: str) -> list[str]:
 
 
 def has_value(value: str | None) -> bool:
-    """True when ``value`` fills a placeholder; blank text counts as no value."""
+    """Return True when ``value`` fills a placeholder. Blank text is no value."""
     return bool(value and value.strip())
 
 
 def fill(text: str, values: dict[str, str]) -> str:
-    """Replace each placeholder that has a value; leave the others as written.
+    """Replace each placeholder that has a value, and leave the others as written.
 
     ``re.sub`` with a function inserts the returned text literally, and the
     scan continues after the inserted text, so values are never filled in.
@@ -201,7 +201,7 @@ def check_fields(
     """Return the name, subject and body cleaned for storage.
 
     Raises ``TemplateInvalid`` with a message for each invalid field. The
-    name must be unique ignoring case; ``template_id`` is the template being
+    name must be unique ignoring case. ``template_id`` is the template being
     edited, which may keep its own name.
     """
     errors = {}
@@ -225,8 +225,8 @@ def check_fields(
         if not subject:
             errors["subject"] = "Enter a subject."
 
-    # Browsers send a textarea's line breaks as CRLF; the message builder
-    # chooses the line endings itself.
+    # Browsers send a textarea's line breaks as CRLF. Storing LF lets the
+    # message builder choose the line endings itself.
     body = body.replace("\r\n", "\n").replace("\r", "\n")
     if not body.strip():
         errors["body"] = "Enter the text of the message."
@@ -284,7 +284,7 @@ def save_template(
 
 
 def delete_template(template: EmailTemplate) -> None:
-    """Delete the template; the caller commits."""
+    """Delete the template. The caller commits."""
     db.session.delete(template)
     db.session.flush()
 

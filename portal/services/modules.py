@@ -1,10 +1,10 @@
 """Which email account each helpdesk module sends from.
 
-An administrator assigns one account to each sending module. Whether the
-module may use it is decided by ``access`` every time the account is read or
-used, so an account that is disabled or whose security changes after the
-assignment stops being used at once: ``module_account`` returns None, and the
-Modules page reports the stale assignment instead of hiding it.
+An administrator assigns one account to each sending module. ``access``
+decides whether the module may use it each time the account is read or used.
+So an account that is disabled, or whose security changes, after the
+assignment stops being used at once. ``module_account`` then returns None, and
+the Modules page reports the stale assignment instead of hiding it.
 """
 
 import logging
@@ -20,7 +20,7 @@ from .access import MODULE_LABELS, SECURITY_LABELS, Module, ModulePrincipal
 log = logging.getLogger(__name__)
 
 # The modules that send mail from an account of their own. Email Templates has
-# no account of its own: a template may override the From account instead.
+# none, because a template may override the From account instead.
 SENDING_MODULES = (
     Module.EMAIL_MANAGER,
     Module.PRIORITY_MANAGER,
@@ -72,10 +72,10 @@ class ModuleSetting:
 
 
 def unusable_cause(account: EmailAccount) -> str:
-    """Explain, as a clause, why modules may not use ``account``.
+    """Explain in a clause why modules may not use ``account``.
 
-    Call only after ``access`` rejected the account: this function explains
-    the rejection and does not decide it.
+    Call it only after ``access`` rejected the account. It explains the
+    rejection and does not decide it.
     """
     name = f"{account.friendly_name} ({account.email_address})"
     if not account.enabled:

@@ -12,7 +12,7 @@ def test_create_account_from_preset_and_test(page, plain_smtp):
     sign_in_as(page, "alice")
     screenshot(page, "my-email-accounts-empty")
     page.get_by_role("link", name="New account").click()
-    page.get_by_role("link", name="Set up an Internet account").click()
+    page.get_by_role("link", name="Set up an Internet (SMTP/IMAP) account").click()
 
     page.get_by_label("Email address").fill("alice.helpdesk@example.com")
     page.get_by_label("Default settings").select_option(label="Gmail")

@@ -122,7 +122,7 @@ def test_assignments_are_per_module(app):
     assert modules.module_account(Module.EMAIL_MANAGER) is None
 
 
-def test_email_templates_module_has_no_own_account(app):
+def test_templates_module_has_no_account(app):
     account = factories.account()
     with pytest.raises(ValueError, match="no account of its own"):
         modules.assign(Module.EMAIL_TEMPLATES, account.id)
@@ -236,7 +236,7 @@ def test_send_as_module_checks_the_message(app):
 # -- the module-send command ---------------------------------------------------
 
 
-def test_module_send_delivers_from_module_account(app, runner, plain_smtp):
+def test_module_send_delivers(app, runner, plain_smtp):
     account = smtp_account(plain_smtp, name="Helpdesk", security="system")
     modules.assign(Module.PRIORITY_MANAGER, account.id)
     db.session.commit()

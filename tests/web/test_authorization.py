@@ -131,6 +131,7 @@ def world(app) -> World:
         "template_id": template.id,
         "module_name": "email_manager",
         "filename": "css/portal.css",
+        "type_key": "internet",
     }
     return World(
         values={
