@@ -57,6 +57,26 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         "ADMIN_PASSWORD": environ.get(PREFIX + "ADMIN_PASSWORD") or None,
         "START_WORKER": environ.get(PREFIX + "START_WORKER", "1") == "1",
         "SMTP_TIMEOUT": float(environ.get(PREFIX + "SMTP_TIMEOUT", "15")),
+        # Cloud endpoints. The defaults are the providers' own; tests point
+        # them at local fakes. Microsoft's sign-in and Graph hosts depend on
+        # the tenant's cloud unless these override them.
+        "MICROSOFT_LOGIN_URL": environ.get(PREFIX + "MICROSOFT_LOGIN_URL", ""),
+        "MICROSOFT_GRAPH_URL": environ.get(PREFIX + "MICROSOFT_GRAPH_URL", ""),
+        "GOOGLE_AUTH_URL": environ.get(
+            PREFIX + "GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"
+        ),
+        "GOOGLE_TOKEN_URL": environ.get(
+            PREFIX + "GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token"
+        ),
+        "GOOGLE_GMAIL_URL": environ.get(
+            PREFIX + "GOOGLE_GMAIL_URL", "https://gmail.googleapis.com"
+        ),
+        "GOOGLE_DIRECTORY_URL": environ.get(
+            PREFIX + "GOOGLE_DIRECTORY_URL", "https://admin.googleapis.com"
+        ),
+        # The address this portal is reached at, for OAuth redirect URIs;
+        # empty means the address of the current request.
+        "PUBLIC_URL": environ.get(PREFIX + "PUBLIC_URL", "").rstrip("/"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": environ.get(PREFIX + "SECURE_COOKIES", "0") == "1",

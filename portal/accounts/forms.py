@@ -165,7 +165,6 @@ class InternetAccountForm(AccountForm):
         validators=[normalised_by(validation.normalise_fingerprint)],
     )
 
-
     def __init__(self, *args, stored_secrets: Iterable[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.preset.choices = [SelectChoice("", "Choose a provider…")] + [

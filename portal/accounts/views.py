@@ -9,7 +9,7 @@ from ..extensions import db
 from ..services import accounts as account_service
 from ..services import preferences
 from ..templating import wants_fragment
-from . import internet, types  # noqa: F401  (internet registers its type)
+from . import kinds, types
 from .scope import CREATION_DISABLED, AccountScope
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ def register_account_views(
     bp: Blueprint, scope: AccountScope, prefix: str = "/accounts"
 ) -> None:
     """Add the account pages to ``bp``, each guarded by ``scope.guard``."""
+    kinds.load_all()
 
     def route(rule: str, view, methods=("GET",)):
         bp.add_url_rule(

@@ -6,16 +6,16 @@ from flask import current_app, flash, redirect, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 
-from .. import crypto
-from ..extensions import db
-from ..models import EmailAccount
-from ..services import accounts as account_service
-from ..services import testing
-from ..services.access import Security
-from ..templating import render_page_or_fragment, wants_fragment
-from . import types
-from .forms import InternetAccountForm
-from .scope import AccountScope
+from ... import crypto
+from ...extensions import db
+from ...models import EmailAccount
+from ...services import accounts as account_service
+from ...services import testing
+from ...services.access import Security
+from ...templating import render_page_or_fragment, wants_fragment
+from .. import types
+from ..forms import InternetAccountForm
+from ..scope import AccountScope
 
 log = logging.getLogger(__name__)
 
