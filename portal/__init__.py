@@ -25,6 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     configure_logging(app)
     register_extensions(app)
+    register_security(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_template_helpers(app)
@@ -43,7 +44,7 @@ def configure_logging(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from . import models  # noqa: F401  (tables must be known to Migrate)
     from .auth.session import load_staff_member
-    from .extensions import csrf, db, htmx, login_manager, migrate
+    from .extensions import csrf, db, htmx, limiter, login_manager, migrate
 
     db.init_app(app)
     migrate.init_app(
@@ -51,11 +52,18 @@ def register_extensions(app: Flask) -> None:
     )
     csrf.init_app(app)
     htmx.init_app(app)
+    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
     login_manager.login_message = "Please sign in to continue."
     login_manager.login_message_category = "info"
     login_manager.user_loader(load_staff_member)
+
+
+def register_security(app: Flask) -> None:
+    from .security import register
+
+    register(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -77,6 +77,12 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         # The address this portal is reached at, for OAuth redirect URIs;
         # empty means the address of the current request.
         "PUBLIC_URL": environ.get(PREFIX + "PUBLIC_URL", "").rstrip("/"),
+        # Rate limits: "memory://" suits one process; several processes need
+        # a shared store such as "redis://host:6379".
+        "RATELIMIT_STORAGE_URI": environ.get(PREFIX + "RATELIMIT_STORAGE_URI", "memory://"),
+        "SIGN_IN_LIMIT": environ.get(PREFIX + "SIGN_IN_LIMIT", "5/minute;20/hour"),
+        "SIGN_IN_ADDRESS_LIMIT": environ.get(PREFIX + "SIGN_IN_ADDRESS_LIMIT", "30/10minutes"),
+        "TEST_LIMIT": environ.get(PREFIX + "TEST_LIMIT", "10/minute;60/hour"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": environ.get(PREFIX + "SECURE_COOKIES", "0") == "1",

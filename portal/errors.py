@@ -7,6 +7,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .extensions import db, htmx
+from .ratelimits import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ def register(app: Flask) -> None:
             "The form had expired or was sent from another site. Reload the page "
             "and try again.",
         )
+
+    @app.errorhandler(RateLimited)
+    def rate_limited(error):
+        body, status = render_error(429, error.message)
+        return body, status, {"Retry-After": str(error.retry_after)}
 
     @app.errorhandler(HTTPException)
     def http_error(error):

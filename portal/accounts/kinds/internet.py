@@ -6,7 +6,7 @@ from flask import current_app, flash, redirect, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 
-from ... import crypto
+from ... import crypto, ratelimits
 from ...extensions import db
 from ...models import EmailAccount
 from ...services import accounts as account_service
@@ -113,6 +113,9 @@ def _run_test(
         return _render_form(scope, account, form)
 
     account_id = account.id if account else None
+    ratelimits.consume_test(
+        current_user.id, str(account_id) if account else f"new:{form.email_address.data}"
+    )
     if action == "test-send":
         outcome = testing.run_send_test(
             account_service.smtp_settings(form, account, timeout),
