@@ -9,7 +9,7 @@ from wtforms import PasswordField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..extensions import db
-from ..services import preferences
+from ..services import audit, preferences
 from ..templating import wants_fragment
 from . import bp
 
@@ -43,7 +43,10 @@ def set_default_account():
 
 
 class ChangePasswordForm(FlaskForm):
-    current_password = PasswordField("Current password", validators=[DataRequired(message="Enter your current password.")])
+    current_password = PasswordField(
+        "Current password",
+        validators=[DataRequired(message="Enter your current password.")],
+    )
     new_password = PasswordField(
         "New password",
         validators=[
@@ -66,6 +69,13 @@ def change_password():
             form.current_password.errors.append("The current password is incorrect.")
         else:
             current_user.set_password(form.new_password.data)
+            audit.record(
+                "staff.password",
+                object_type="staff",
+                object_id=current_user.id,
+                label=current_user.username,
+                changes={"password": audit.SECRET_MARK},
+            )
             db.session.commit()
             log.info("Staff member %s changed their password", current_user.id)
             flash("Your password is changed.", "success")

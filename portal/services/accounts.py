@@ -1,6 +1,7 @@
 """Creating, editing, enabling and deleting email accounts, and their secrets."""
 
 import logging
+from collections.abc import Iterable
 
 from sqlalchemy import func, select
 
@@ -8,6 +9,7 @@ from .. import crypto
 from ..extensions import db
 from ..models import AccountSecret, EmailAccount
 from ..transports.base import ReadSettings, Security, SmtpSettings
+from . import audit
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,8 @@ def save_internet_account(
     if account is None:
         account = EmailAccount(account_type=INTERNET, owner_id=owner_id)
         db.session.add(account)
+    else:
+        account.version += 1
 
     account.friendly_name = name
     account.description = form.description.data or ""
@@ -230,10 +234,69 @@ def read_settings(form, account: EmailAccount | None, timeout: float) -> ReadSet
 
 
 def set_enabled(account: EmailAccount, enabled: bool) -> None:
+    if account.enabled != enabled:
+        audit.record(
+            "account.enable" if enabled else "account.disable",
+            object_type="account",
+            object_id=account.id,
+            label=account.friendly_name,
+            changes={"enabled": [account.enabled, enabled]},
+        )
     account.enabled = enabled
     log.info("Account %s %s", account.id, "enabled" if enabled else "disabled")
 
 
 def delete_account(account: EmailAccount) -> None:
     log.info("Account %s deleted", account.id)
+    audit.record(
+        "account.delete",
+        object_type="account",
+        object_id=account.id,
+        label=account.friendly_name,
+        changes={name: [value, None] for name, value in snapshot(account).items()},
+    )
     db.session.delete(account)
+
+
+# -- audit -----------------------------------------------------------------------
+
+
+def snapshot(account: EmailAccount) -> dict:
+    """The account's recorded fields, flat, for the audit trail; no secrets."""
+    values = {
+        "friendly_name": account.friendly_name,
+        "description": account.description,
+        "email_address": account.email_address,
+        "from_name": account.from_name,
+        "enabled": account.enabled,
+        "account_type": account.account_type,
+    }
+    if account.owner_id is None:
+        values["security"] = account.security
+    _flatten("settings", account.settings or {}, values)
+    return values
+
+
+def _flatten(prefix: str, value, into: dict) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, into)
+    else:
+        into[prefix] = value
+
+
+def record_saved(
+    account: EmailAccount, before: dict | None, changed_secrets: Iterable[str] = ()
+) -> None:
+    """Audit a create (``before`` None) or an update, after the account is flushed."""
+    db.session.flush()
+    changes = audit.diff(before or {}, snapshot(account))
+    for name in changed_secrets:
+        changes[name] = audit.SECRET_MARK
+    audit.record(
+        "account.create" if before is None else "account.update",
+        object_type="account",
+        object_id=account.id,
+        label=account.friendly_name,
+        changes=changes,
+    )

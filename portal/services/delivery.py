@@ -54,15 +54,25 @@ class DeliveryPolicy:
         return cls(
             batch_size=int(config.get("DELIVERY_BATCH_SIZE", cls.batch_size)),
             max_attempts=int(config.get("DELIVERY_MAX_ATTEMPTS", cls.max_attempts)),
-            first_retry_seconds=float(config.get("DELIVERY_FIRST_RETRY_SECONDS", cls.first_retry_seconds)),
-            lease_seconds=float(config.get("DELIVERY_LEASE_SECONDS", cls.lease_seconds)),
-            connections_per_account=int(config.get("DELIVERY_CONNECTIONS_PER_ACCOUNT", cls.connections_per_account)),
+            first_retry_seconds=float(
+                config.get("DELIVERY_FIRST_RETRY_SECONDS", cls.first_retry_seconds)
+            ),
+            lease_seconds=float(
+                config.get("DELIVERY_LEASE_SECONDS", cls.lease_seconds)
+            ),
+            connections_per_account=int(
+                config.get(
+                    "DELIVERY_CONNECTIONS_PER_ACCOUNT", cls.connections_per_account
+                )
+            ),
             timeout=float(config.get("SMTP_TIMEOUT", cls.timeout)),
         )
 
     def retry_delay(self, attempts: int) -> float:
         """Exponential backoff with full jitter: up to first * 2**(attempts-1) seconds."""
-        ceiling = min(self.max_retry_seconds, self.first_retry_seconds * 2 ** (attempts - 1))
+        ceiling = min(
+            self.max_retry_seconds, self.first_retry_seconds * 2 ** (attempts - 1)
+        )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
 
 
@@ -77,7 +87,9 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def claim_batch(worker: str, policy_: DeliveryPolicy, now: datetime | None = None) -> list[int]:
+def claim_batch(
+    worker: str, policy_: DeliveryPolicy, now: datetime | None = None
+) -> list[int]:
     """Claim up to a batch of due rows for ``worker`` and return their ids."""
     now = now or datetime.now(UTC)
     due = or_(
@@ -141,7 +153,9 @@ async def _send_share(
         async with connection:
             for row in rows:
                 try:
-                    result = await connection.send(messages[row.id], sender=row.sender, recipients=row.recipients)
+                    result = await connection.send(
+                        messages[row.id], sender=row.sender, recipients=row.recipients
+                    )
                 except TransportError as error:
                     outcomes[row.id] = (error, None)
                 else:
@@ -156,7 +170,10 @@ async def _send_share(
 async def _send_all(jobs: list[tuple], messages: dict) -> dict:
     outcomes: dict = {}
     await asyncio.gather(
-        *(_send_share(connection, rows, messages, outcomes) for connection, rows in jobs)
+        *(
+            _send_share(connection, rows, messages, outcomes)
+            for connection, rows in jobs
+        )
     )
     return outcomes
 
@@ -174,7 +191,9 @@ def _principal(row: OutboxMessage) -> access.Principal | None:
 
 def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
     """Send the claimed rows and record each outcome; returns counts by status."""
-    rows = list(db.session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids))))
+    rows = list(
+        db.session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+    )
     outcomes: dict[int, Outcome] = {}
     by_account: dict[int, list[OutboxMessage]] = defaultdict(list)
 
@@ -203,7 +222,10 @@ def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
             opener_of_type = senders.opener_for(account)
         except KeyError:
             for row in account_rows:
-                outcomes[row.id] = Outcome(FAILED, error=f"Accounts of type {account.account_type!r} cannot send yet.")
+                outcomes[row.id] = Outcome(
+                    FAILED,
+                    error=f"Accounts of type {account.account_type!r} cannot send yet.",
+                )
             continue
         # Connections are built here, outside the event loop, because
         # building one reads and decrypts the account's secrets.
@@ -236,7 +258,9 @@ def _describe(error: TransportError) -> str:
     return " ".join(parts)[:1000]
 
 
-def _record(rows: list[OutboxMessage], outcomes: dict[int, Outcome], policy_: DeliveryPolicy) -> dict[str, int]:
+def _record(
+    rows: list[OutboxMessage], outcomes: dict[int, Outcome], policy_: DeliveryPolicy
+) -> dict[str, int]:
     now = datetime.now(UTC)
     counts = {SENT: 0, QUEUED: 0, FAILED: 0}
     for row in rows:
@@ -255,9 +279,20 @@ def _record(rows: list[OutboxMessage], outcomes: dict[int, Outcome], policy_: De
             if outcome.status == QUEUED:
                 delay = policy_.retry_delay(row.attempts)
                 row.next_attempt_at = now + timedelta(seconds=delay)
-                log.info("Message %s from account %s will be retried in %.0f s: %s", row.id, row.account_id, delay, outcome.error)
+                log.info(
+                    "Message %s from account %s will be retried in %.0f s: %s",
+                    row.id,
+                    row.account_id,
+                    delay,
+                    outcome.error,
+                )
             else:
-                log.warning("Message %s from account %s failed: %s", row.id, row.account_id, outcome.error)
+                log.warning(
+                    "Message %s from account %s failed: %s",
+                    row.id,
+                    row.account_id,
+                    outcome.error,
+                )
     db.session.commit()
     return counts
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import joinedload
 from .. import validation
 from ..extensions import db
 from ..models import EmailTemplate, OutboxMessage
-from . import access, modules, sending
+from . import access, audit, modules, sending
 from .access import Module, ModulePrincipal
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ def save_template(
     ):
         raise OverrideNotUsable(from_account_id)
 
+    before = _snapshot(template) if template else {}
     if template is None:
         template = EmailTemplate()
         db.session.add(template)
@@ -280,11 +281,34 @@ def save_template(
     template.body = body
     template.from_account_id = from_account_id
     db.session.flush()
+    audit.record(
+        "template.update" if before else "template.create",
+        object_type="template",
+        object_id=template.id,
+        label=template.name,
+        changes=audit.diff(before, _snapshot(template)),
+    )
     return template
+
+
+def _snapshot(template: EmailTemplate) -> dict:
+    return {
+        "name": template.name,
+        "subject": template.subject,
+        "body": template.body,
+        "from_account_id": template.from_account_id,
+    }
 
 
 def delete_template(template: EmailTemplate) -> None:
     """Delete the template. The caller commits."""
+    audit.record(
+        "template.delete",
+        object_type="template",
+        object_id=template.id,
+        label=template.name,
+        changes={name: [value, None] for name, value in _snapshot(template).items()},
+    )
     db.session.delete(template)
     db.session.flush()
 

@@ -8,6 +8,7 @@ from sqlalchemy import func, or_, select
 
 from ..extensions import db
 from ..models import AccountGrant, EmailAccount, Role, Skillgroup, StaffMember
+from . import audit
 from .access import SECURITY_LABELS, Security
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,13 @@ def add_grant(account: EmailAccount, kind: GrantKind, target_id: int) -> None:
     setattr(grant, KIND_COLUMNS[kind].key, target_id)
     db.session.add(grant)
     log.info("Account %s: granted %s %s", account.id, kind, target_id)
+    audit.record(
+        "account.grant-add",
+        object_type="account",
+        object_id=account.id,
+        label=account.friendly_name,
+        changes={f"grant.{kind}": [None, target_id]},
+    )
 
 
 def remove_grant(account: EmailAccount, grant_id: int) -> bool:
@@ -154,6 +162,18 @@ def remove_grant(account: EmailAccount, grant_id: int) -> bool:
         return False
     db.session.delete(grant)
     log.info("Account %s: removed grant %s", account.id, grant_id)
+    kind = next(
+        k
+        for k, column in KIND_COLUMNS.items()
+        if getattr(grant, column.key) is not None
+    )
+    audit.record(
+        "account.grant-remove",
+        object_type="account",
+        object_id=account.id,
+        label=account.friendly_name,
+        changes={f"grant.{kind}": [getattr(grant, KIND_COLUMNS[kind].key), None]},
+    )
     return True
 
 
@@ -165,5 +185,13 @@ def set_security(account: EmailAccount, security: str) -> None:
     except ValueError as error:
         choices = ", ".join(SECURITY_LABELS.values())
         raise GrantError(f"Choose one of: {choices}.") from error
+    if account.security != str(value):
+        audit.record(
+            "account.security",
+            object_type="account",
+            object_id=account.id,
+            label=account.friendly_name,
+            changes={"security": [account.security, str(value)]},
+        )
     account.security = str(value)
     log.info("Account %s: security set to %s", account.id, value)

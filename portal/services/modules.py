@@ -14,7 +14,7 @@ from sqlalchemy import Row, select
 
 from ..extensions import db
 from ..models import EmailAccount, ModuleAccount, OutboxMessage
-from . import access, sending
+from . import access, audit, sending
 from .access import MODULE_LABELS, SECURITY_LABELS, Module, ModulePrincipal
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,14 @@ def assign(module: Module, account_id: int | None) -> int | None:
     else:
         row.account_id = account_id
     db.session.flush()
+    if previous != account_id:
+        audit.record(
+            "module.assign",
+            object_type="module",
+            object_id=str(module),
+            label=MODULE_LABELS[module],
+            changes={"account_id": [previous, account_id]},
+        )
     return previous
 
 

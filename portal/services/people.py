@@ -20,6 +20,7 @@ from ..models import (
     staff_role,
     staff_skillgroup,
 )
+from . import audit
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,32 @@ def create_group(
     if isinstance(group, Role):
         group.grants_administration = grants_administration
     db.session.add(group)
+    db.session.flush()
+    audit.record(
+        f"{_kind(group)}.create",
+        object_type=_kind(group),
+        object_id=group.id,
+        label=group.name,
+    )
     return group
+
+
+def _kind(group: Group) -> str:
+    return "role" if isinstance(group, Role) else "skillgroup"
 
 
 def rename_group(group: Group, name: str) -> None:
     """Rename the group, or raise GroupError if the name is invalid or taken."""
+    old = group.name
     group.name = check_name(type(group), name, exclude=group)
+    if old != group.name:
+        audit.record(
+            f"{_kind(group)}.rename",
+            object_type=_kind(group),
+            object_id=group.id,
+            label=group.name,
+            changes={"name": [old, group.name]},
+        )
 
 
 def set_grants_administration(role: Role, grants: bool, acting: StaffMember) -> None:
@@ -192,6 +213,14 @@ def set_grants_administration(role: Role, grants: bool, acting: StaffMember) -> 
     portal, or ``acting``, without administrator rights."""
     if role.grants_administration and not grants:
         _check_administration_kept(role, acting, change="revoke")
+    if role.grants_administration != grants:
+        audit.record(
+            "role.administration",
+            object_type="role",
+            object_id=role.id,
+            label=role.name,
+            changes={"grants_administration": [role.grants_administration, grants]},
+        )
     role.grants_administration = grants
 
 
@@ -208,6 +237,12 @@ def check_deletion(group: Group, acting: StaffMember, *, lock: bool = True) -> N
 def delete_group(group: Group, acting: StaffMember) -> None:
     """Delete the group; memberships and account permissions that name it go too."""
     check_deletion(group, acting)
+    audit.record(
+        f"{_kind(group)}.delete",
+        object_type=_kind(group),
+        object_id=group.id,
+        label=group.name,
+    )
     db.session.delete(group)
 
 
@@ -216,6 +251,13 @@ def add_member(group: Group, staff: StaffMember) -> bool:
     if staff in group.members:
         return False
     group.members.append(staff)
+    audit.record(
+        f"{_kind(group)}.member-add",
+        object_type=_kind(group),
+        object_id=group.id,
+        label=group.name,
+        changes={"member": [None, staff.username]},
+    )
     return True
 
 
@@ -226,6 +268,13 @@ def remove_member(group: Group, staff: StaffMember, acting: StaffMember) -> bool
     if isinstance(group, Role):
         _check_administration_kept(group, acting, change="remove", staff=staff)
     group.members.remove(staff)
+    audit.record(
+        f"{_kind(group)}.member-remove",
+        object_type=_kind(group),
+        object_id=group.id,
+        label=group.name,
+        changes={"member": [staff.username, None]},
+    )
     return True
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import Row, select
 
 from ..extensions import db
 from ..models import DefaultAccount
-from . import access
+from . import access, audit
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,15 @@ def set_default_account(staff_id: int, account_id: int | None) -> None:
             account_id,
         )
         raise NotUsable(account_id)
+    old = row.account_id if row is not None else None
     if row is None:
         db.session.add(DefaultAccount(staff_id=staff_id, account_id=account_id))
     else:
         row.account_id = account_id
+    if old != account_id:
+        audit.record(
+            "preference.default-account",
+            object_type="staff",
+            object_id=staff_id,
+            changes={"default_account_id": [old, account_id]},
+        )

@@ -4,6 +4,7 @@ import logging
 
 from ..extensions import db
 from ..models import Setting
+from . import audit
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,19 @@ def get_setting(key: str) -> str:
 def set_setting(key: str, value: str) -> None:
     """Store a setting; the caller commits."""
     row = db.session.get(Setting, key)
+    old = row.value if row is not None else DEFAULTS.get(key)
     if row is None:
         db.session.add(Setting(key=key, value=value))
     else:
         row.value = value
+    if old != value:
+        audit.record(
+            "setting.change",
+            object_type="setting",
+            object_id=key,
+            label=key,
+            changes={key: [old, value]},
+        )
     log.info("Setting %s changed to %r", key, value)
 
 

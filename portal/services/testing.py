@@ -12,6 +12,7 @@ from ..transports.base import (
     SmtpSettings,
     TransportError,
 )
+from . import audit
 from .messages import build_test_message
 
 log = logging.getLogger(__name__)
@@ -137,3 +138,17 @@ def record_outcome(account: EmailAccount, outcome: TestOutcome) -> None:
         account.last_read_test_at = outcome.at
         account.last_read_test_ok = outcome.ok
         account.last_read_test_summary = summary
+
+
+def audit_outcome(
+    outcome: TestOutcome, account: EmailAccount | None, label: str = ""
+) -> None:
+    """Record a test in the audit trail; the caller commits."""
+    audit.record(
+        f"account.test-{outcome.kind}",
+        object_type="account",
+        object_id=account.id if account else "",
+        label=account.friendly_name if account else label,
+        outcome=audit.SUCCESS if outcome.ok else audit.FAILURE,
+        detail=(f"{outcome.step} step: " if outcome.step else "") + outcome.summary,
+    )

@@ -49,6 +49,7 @@ ENDPOINT_POLICY = {
     "admin.search_grant_candidates": ADMIN,
     "admin.preview_account_access": ADMIN,
     "admin.staff_access": ADMIN,
+    "admin.list_audit_events": ADMIN,
     "admin.personal_accounts_setting": ADMIN,
     "admin.list_personal_accounts": ADMIN,
     "admin.list_skillgroups": ADMIN,

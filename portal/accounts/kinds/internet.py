@@ -57,6 +57,7 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
         return _render_form(scope, account, form)
 
     created = account is None
+    before = None if created else account_service.snapshot(account)
     try:
         account = account_service.save_internet_account(
             form,
@@ -67,6 +68,7 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
     except account_service.AccountError as error:
         form[error.field].errors.append(str(error))
         return _render_form(scope, account, form)
+    account_service.record_saved(account, before, form.typed_secrets)
     db.session.commit()
 
     log.info(
@@ -114,7 +116,8 @@ def _run_test(
 
     account_id = account.id if account else None
     ratelimits.consume_test(
-        current_user.id, str(account_id) if account else f"new:{form.email_address.data}"
+        current_user.id,
+        str(account_id) if account else f"new:{form.email_address.data}",
     )
     if action == "test-send":
         outcome = testing.run_send_test(
@@ -132,7 +135,8 @@ def _run_test(
 
     if account is not None:
         testing.record_outcome(account, outcome)
-        db.session.commit()
+    testing.audit_outcome(outcome, account, label=form.email_address.data)
+    db.session.commit()
 
     if wants_fragment():
         return render_template(
