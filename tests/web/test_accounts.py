@@ -151,7 +151,7 @@ def test_edit_keeps_stored_password_when_blank(staff_client):
     assert "A value is stored" in page
 
     form = account_form(smtp_password="", friendly_name="Renamed")
-    assert staff_client.post(f"{PERSONAL}/{account.id}", data=form).status_code == 302
+    assert staff_client.post(f"{PERSONAL}/{account.id}", data={**form, "version": "1"}).status_code == 302
     db.session.expire_all()
     assert account.friendly_name == "Renamed"
     assert get_secret(account, "smtp_password") == SECRET
@@ -161,7 +161,7 @@ def test_switching_auth_off_removes_password(staff_client):
     staff_client.post(f"{PERSONAL}/new/internet", data=account_form())
     (account,) = accounts()
     form = account_form(smtp_auth="none", smtp_password="")
-    staff_client.post(f"{PERSONAL}/{account.id}", data=form)
+    staff_client.post(f"{PERSONAL}/{account.id}", data={**form, "version": "1"})
     db.session.expire_all()
     assert account.secrets == []
 
@@ -314,3 +314,36 @@ def test_htmx_post_without_csrf_gets_error_fragment(staff_client):
     assert response.status_code == 400
     assert "<html" not in response.get_data(as_text=True)
     assert accounts() == []
+
+
+def test_concurrent_edit_is_refused_with_changes(app, client):
+    make_staff("alice")
+    sign_in(client, "alice")
+    client.post(f"{PERSONAL}/new/internet", data=account_form())
+    (account,) = accounts()
+    page = client.get(f"{PERSONAL}/{account.id}").get_data(as_text=True)
+    version = re.search(r'name="version" value="(\d+)"', page).group(1)
+    original = re.search(r'name="original" value="([^"]+)"', page).group(1)
+
+    # Another tab (or person) saves first.
+    first = account_form(smtp_password="", smtp_host="mail.other.example", version=version, original=original)
+    assert client.post(f"{PERSONAL}/{account.id}", data=first).status_code == 302
+
+    second = account_form(smtp_password="", description="My edit", version=version, original=original)
+    response = client.post(f"{PERSONAL}/{account.id}", data=second)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "SMTP server: mail.other.example" in page
+    assert "My edit" in page  # the typed value stays
+    db.session.expire_all()
+    assert account.description == ""
+    assert account.settings["smtp"]["host"] == "mail.other.example"
+
+    # Saving again from the refreshed form replaces theirs.
+    version = re.search(r'name="version" value="(\d+)"', page).group(1)
+    original = re.search(r'name="original" value="([^"]+)"', page).group(1)
+    third = {**second, "version": version, "original": original}
+    assert client.post(f"{PERSONAL}/{account.id}", data=third).status_code == 302
+    db.session.expire_all()
+    assert account.description == "My edit"

@@ -33,7 +33,7 @@ def test_account_changes_recorded_without_secrets(staff_client):
     form = account_form(
         smtp_port="465", smtp_security="ssl", smtp_password="another sécret"
     )
-    staff_client.post(f"{PERSONAL}/{account_id}", data=form)
+    staff_client.post(f"{PERSONAL}/{account_id}", data={**form, "version": "1"})
 
     (created,) = events("account.create")
     (updated,) = events("account.update")

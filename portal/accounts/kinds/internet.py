@@ -13,7 +13,7 @@ from ...services import accounts as account_service
 from ...services import testing
 from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
-from .. import types
+from .. import concurrency, types
 from ..forms import InternetAccountForm
 from ..scope import AccountScope
 
@@ -37,7 +37,7 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
         initial = account_service.form_data_from_account(account) if account else {}
         form = InternetAccountForm(data=initial, stored_secrets=stored)
         form.test_to.data = form.test_to.data or current_user.email
-        return _render_form(scope, account, form)
+        return _render_form(scope, account, form, stamp_values=initial)
 
     form = InternetAccountForm(stored_secrets=stored)
     _collect_typed_secrets(form)
@@ -55,6 +55,10 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
             "The account was not saved. Correct the fields marked below."
         )
         return _render_form(scope, account, form)
+
+    if account is not None and _edited_meanwhile(account, form):
+        current = account_service.form_data_from_account(account)
+        return _render_form(scope, account, form, stamp_values=current)
 
     created = account is None
     before = None if created else account_service.snapshot(account)
@@ -159,11 +163,35 @@ def _collect_typed_secrets(form: InternetAccountForm) -> None:
                 form.typed_secrets[name] = value
 
 
+def _edited_meanwhile(account: EmailAccount, form: InternetAccountForm) -> bool:
+    """Refuse a save based on an older version, naming what the other save changed."""
+    posted = request.form.get("version", "")
+    if posted == str(account.version):
+        return False
+    current = account_service.form_data_from_account(account)
+    changed = concurrency.changes_since(request.form.get("original", ""), current)
+    described = "; ".join(
+        f"{form[name].label.text}: {value if value not in ('', None) else '(empty)'}"
+        for name, value in changed.items()
+        if name in form
+    )
+    form.form_errors.append(
+        "Someone else saved this account while you were editing it, so your "
+        "changes were not saved. "
+        + (f"They changed {described}. " if described else "")
+        + "Your values are still on the form: check them and save again to "
+        "replace theirs."
+    )
+    log.info("Save of account %s refused: version %s is not %s", account.id, posted, account.version)
+    return True
+
+
 def _render_form(
     scope: AccountScope,
     account: EmailAccount | None,
     form: InternetAccountForm,
     outcome=None,
+    stamp_values: dict | None = None,
 ):
     sealed = {
         name: crypto.seal(value, current_user.id)
@@ -176,6 +204,14 @@ def _render_form(
     else:
         title = account.friendly_name
         action_url = scope.url("edit_account", account_id=account.id)
+    # The version and the values the form was opened with travel with it; a
+    # request that does not reload them (a test, a preset) passes them on.
+    version = str(account.version) if account is not None else ""
+    original = request.form.get("original", "")
+    if stamp_values is not None:
+        original = concurrency.stamp(stamp_values)
+    elif request.method == "POST":
+        version = request.form.get("version", version)
     context = {}
     if account is not None and scope.edit_context and not wants_fragment():
         context = scope.edit_context(account)
@@ -189,6 +225,8 @@ def _render_form(
         scope=scope,
         form=form,
         sealed=sealed,
+        version=version,
+        original=original,
         choose_security=scope.chooses_security(account),
         outcome=outcome,
         title=title,
