@@ -6,8 +6,9 @@ from flask import Blueprint, abort, flash, redirect, render_template, request
 from flask_login import current_user
 
 from ..extensions import db
+from ..services import account_uses, preferences
 from ..services import accounts as account_service
-from ..services import preferences
+from ..services.access import MODULE_LABELS
 from ..templating import wants_fragment
 from . import kinds, types
 from .scope import CREATION_DISABLED, AccountScope
@@ -74,7 +75,13 @@ def register_account_views(
 
     def set_account_enabled(account_id: int):
         account = scope.get_account(account_id)
-        account_service.set_enabled(account, request.form.get("enabled") == "1")
+        enable = request.method == "POST" and request.form.get("enabled") == "1"
+        if not enable:
+            response = _confirm_uses(scope, account, "disable")
+            if response is not None:
+                return response
+
+        account_service.set_enabled(account, enable)
         db.session.commit()
 
         if wants_fragment():
@@ -87,13 +94,9 @@ def register_account_views(
 
     def delete_account(account_id: int):
         account = scope.get_account(account_id)
-        if request.method == "GET":
-            return render_template(
-                "accounts/delete_account.html",
-                scope=scope,
-                account=account,
-                breadcrumbs=scope.breadcrumbs((account.friendly_name, None)),
-            )
+        response = _confirm_uses(scope, account, "delete")
+        if response is not None:
+            return response
 
         name = account.friendly_name
         account_service.delete_account(account)
@@ -108,7 +111,7 @@ def register_account_views(
     route("/new", choose_account_type)
     route("/new/<type_key>", create_account, methods=("GET", "POST"))
     route("/<int:account_id>", edit_account, methods=("GET", "POST"))
-    route("/<int:account_id>/enabled", set_account_enabled, methods=("POST",))
+    route("/<int:account_id>/enabled", set_account_enabled, methods=("GET", "POST"))
     route("/<int:account_id>/delete", delete_account, methods=("GET", "POST"))
     for account_type in types.all_types():
         if account_type.register_routes:
@@ -121,3 +124,51 @@ def _sending_choices(scope: AccountScope) -> dict:
         return {}
     usable, default_id = preferences.sending_accounts(current_user.id)
     return {"usable_accounts": usable, "default_account_id": default_id}
+
+
+def _confirm_uses(scope: AccountScope, account, action: str):
+    """Ask before deleting or disabling an account, listing what uses it.
+
+    Returns a response while confirmation is needed, or None once the request
+    is confirmed (after moving the uses to the chosen replacement). A delete
+    of an unused account posted from the grid needs no page: htmx asked.
+    """
+    uses = account_uses.find_uses(account)
+    confirmed = request.method == "POST" and request.form.get("confirmed") == "1"
+    quiet = (
+        request.method == "POST"
+        and not uses
+        and (action == "disable" or wants_fragment())
+    )
+    if confirmed or quiet:
+        raw = request.form.get("replacement_id", "")
+        try:
+            account_uses.move_uses(account, int(raw) if raw.isdigit() else None)
+        except account_uses.ReplacementNotUsable as error:
+            flash(str(error), "error")
+            return redirect(_confirm_url(scope, account, action))
+        return None
+
+    if wants_fragment():
+        # The grid asked for a quick change; send the browser to the page
+        # that lists the uses instead.
+        return "", 200, {"HX-Redirect": _confirm_url(scope, account, action)}
+    return render_template(
+        "accounts/confirm_account_change.html",
+        scope=scope,
+        account=account,
+        action=action,
+        uses=uses,
+        module_labels=MODULE_LABELS,
+        replacements=account_uses.replacement_choices(account)
+        if uses.modules or uses.templates
+        else [],
+        form_url=_confirm_url(scope, account, action),
+        breadcrumbs=scope.breadcrumbs((account.friendly_name, None)),
+    )
+
+
+def _confirm_url(scope: AccountScope, account, action: str) -> str:
+    if action == "delete":
+        return scope.url("delete_account", account_id=account.id)
+    return scope.url("set_account_enabled", account_id=account.id, enabled="0")

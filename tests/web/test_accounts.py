@@ -347,3 +347,13 @@ def test_concurrent_edit_is_refused_with_changes(app, client):
     assert client.post(f"{PERSONAL}/{account.id}", data=third).status_code == 302
     db.session.expire_all()
     assert account.description == "My edit"
+
+
+def test_get_never_changes_enabled(staff_client):
+    staff_client.post(f"{PERSONAL}/new/internet", data=account_form())
+    (account,) = accounts()
+    for query in ("?enabled=0", "?enabled=1", ""):
+        page = staff_client.get(f"{PERSONAL}/{account.id}/enabled{query}")
+        assert page.status_code == 200
+    db.session.expire_all()
+    assert account.enabled
