@@ -187,3 +187,37 @@ def test_endpoint_authorization(app, client, world, endpoint, visitor, policy):
             result = outcome(response)
             response.close()
             assert result == expected, f"{method} {url} as {visitor}: {response.status_code}"
+
+
+CSRF_MESSAGE = "The form had expired or was sent from another site."
+
+
+def unsafe_cases():
+    for endpoint, policy in sorted(ENDPOINT_POLICY.items()):
+        if policy in (PUBLIC, SIGN_OUT, SIGNED_IN, OWNER, SENDER):
+            visitor = "alice"
+        else:
+            visitor = "root"
+        if endpoint == "auth.sign_in":
+            visitor = "anonymous"
+        yield pytest.param(endpoint, visitor, id=endpoint)
+
+
+@pytest.mark.parametrize(("endpoint", "visitor"), list(unsafe_cases()))
+def test_unsafe_requests_need_csrf_token(app, client, world, endpoint, visitor):
+    if visitor != "anonymous":
+        sign_in(client, visitor)
+    blueprint = endpoint.split(".")[0] if "." in endpoint else ""
+    values = world.values.get(blueprint, world.values[""])
+    for rule in (r for r in app.url_map.iter_rules() if r.endpoint == endpoint):
+        unsafe = sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})
+        url = rule.build({name: values[name] for name in rule.arguments})[1]
+        for method in unsafe:
+            refused = client.open(url, method=method, without_csrf=True)
+            assert refused.status_code == 400, f"{method} {url} without a token"
+            assert CSRF_MESSAGE in refused.get_data(as_text=True)
+
+            accepted = client.open(url, method=method)
+            body = accepted.get_data(as_text=True)
+            accepted.close()
+            assert CSRF_MESSAGE not in body, f"{method} {url} with a token"
