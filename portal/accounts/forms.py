@@ -260,10 +260,15 @@ class InternetAccountForm(AccountForm):
             pairs.append(("read_port", "read_security", self.read_protocol.data))
         for port_name, security_name, protocol in pairs:
             port = self[port_name].data
-            if isinstance(port, int):
-                warning = validation.security_port_warning(
-                    port, self[security_name].data, protocol
-                )
+            if isinstance(port, int) and not self[security_name].errors:
+                try:
+                    warning = validation.security_port_warning(
+                        port, self[security_name].data, protocol
+                    )
+                except ValueError:
+                    # An invalid security or protocol gets its own error
+                    # message; there is nothing to warn about.
+                    continue
                 if warning:
                     self.warnings[port_name] = warning
         for host_name in ("smtp_host", "read_host"):
