@@ -11,9 +11,9 @@ Both sides send to an aiosmtpd server that runs in a separate process on
 127.0.0.1 and records the Message-ID of every message it accepts, so that the
 benchmark can check that each side delivered every message exactly once.
 Rounds alternate which side goes first. The benchmark prints the median
-throughput of each side, the CPU time of the benchmark process per message
-(the server's CPU time is not included), where the portal's time goes and, on
-the last line, ``ratio=portal/baseline`` (throughputs, so higher is better).
+throughput of each side, the CPU time per message of the benchmark process
+and of the server process, where the portal's time goes and, on the last
+line, ``ratio=portal/baseline`` (throughputs, so higher is better).
 
     .venv/bin/python bench/delivery.py                       # SQLite file
     .venv/bin/python bench/delivery.py --database-url URL    # e.g. PostgreSQL
@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,17 +90,21 @@ class CountingHandler:
         self.lock = threading.Lock()
         self.message_ids: list[str] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's hook name)
+    async def handle_DATA(  # noqa: N802 (aiosmtpd's hook name)
+        self, server, session, envelope
+    ) -> str:
         with self.lock:
             self.message_ids.append(message_id(envelope.content))
         return "250 2.0.0 Accepted"
 
 
 def serve(control: Connection) -> None:
-    """Run the SMTP server and answer "reset", "report" and "stop" on ``control``.
+    """Run the SMTP server and execute the commands received on ``control``.
 
-    The server's event loop runs in a thread; the main thread reads commands,
-    so a report never waits behind SMTP traffic for long.
+    The commands are "reset", "report" and "stop". "report" returns the
+    Message-IDs received and the CPU seconds this process used since the last
+    "reset". The server's event loop runs in a thread, and the main thread
+    reads the commands.
     """
     handler = CountingHandler()
     loop = asyncio.new_event_loop()
@@ -111,6 +116,7 @@ def serve(control: Connection) -> None:
     thread = threading.Thread(target=loop.run_forever, name="smtp-server", daemon=True)
     thread.start()
     control.send(server.sockets[0].getsockname()[1])
+    cpu_at_reset = time.process_time()
 
     while True:
         try:
@@ -120,10 +126,12 @@ def serve(control: Connection) -> None:
         if command == "reset":
             with handler.lock:
                 handler.message_ids.clear()
+            cpu_at_reset = time.process_time()
             control.send(None)
         elif command == "report":
             with handler.lock:
-                control.send(list(handler.message_ids))
+                message_ids = list(handler.message_ids)
+            control.send((message_ids, time.process_time() - cpu_at_reset))
         elif command == "stop":
             break
 
@@ -148,7 +156,8 @@ class ServerProcess:
     def _receive(self):
         if not self.control.poll(SERVER_REPLY_TIMEOUT):
             raise SystemExit(
-                f"The SMTP server process did not reply within {SERVER_REPLY_TIMEOUT:g} s."
+                "The SMTP server process did not reply within "
+                f"{SERVER_REPLY_TIMEOUT:g} s."
             )
         return self.control.recv()
 
@@ -156,7 +165,8 @@ class ServerProcess:
         self.control.send("reset")
         self._receive()
 
-    def received_ids(self) -> list[str]:
+    def report(self) -> tuple[list[str], float]:
+        """Return the Message-IDs received and the server's CPU seconds since reset."""
         self.control.send("report")
         return self._receive()
 
@@ -177,7 +187,8 @@ class ServerProcess:
 @dataclass(frozen=True)
 class Measurement:
     seconds: float  # wall time
-    cpu_seconds: float  # CPU time of this process, all threads
+    cpu_seconds: float  # CPU time of the benchmark process, all threads
+    server_cpu_seconds: float  # CPU time of the SMTP server process
 
 
 @dataclass(frozen=True)
@@ -244,8 +255,8 @@ def queue_messages(account_id: int, count: int) -> list[QueuedMessage]:
 
 def drain_outbox(policy: delivery.DeliveryPolicy, expected: int) -> int:
     """Call ``run_once`` until it finds nothing; return the number of batches."""
-    # A correct worker needs ceil(expected / batch_size) batches; the margin
-    # leaves room for rows that come back after a temporary failure.
+    # A correct worker needs ceil(expected / batch_size) batches, and the
+    # margin leaves room for rows that come back after a temporary failure.
     max_batches = 2 * math.ceil(expected / policy.batch_size) + 10
     deadline = time.monotonic() + PHASE_TIMEOUT
     batches = 0
@@ -254,20 +265,27 @@ def drain_outbox(policy: delivery.DeliveryPolicy, expected: int) -> int:
             return batches
         batches += 1
     raise SystemExit(
-        f"The outbox was not empty after {batches} batches; "
-        "check the portal's log for delivery errors."
+        f"The outbox was not empty after {batches} batches. "
+        "Check the portal's log for delivery errors."
     )
 
 
 def check_outbox(expected: int) -> None:
+    """Raise SystemExit unless every row was sent at the first attempt."""
     counts = dict(
         db.session.execute(
             select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
         ).all()
     )
     if counts != {delivery.SENT: expected}:
+        last_error = db.session.scalar(
+            select(OutboxMessage.last_error)
+            .where(OutboxMessage.last_error != "")
+            .limit(1)
+        )
         raise SystemExit(
-            f"Expected {expected} sent rows in the outbox, found these counts by status: {counts}"
+            f"Expected {expected} sent rows in the outbox, found these counts by "
+            f"status: {counts}. One of the errors: {last_error or 'none recorded'}"
         )
     retried = db.session.scalar(select(func.count()).where(OutboxMessage.attempts != 1))
     if retried:
@@ -366,9 +384,9 @@ async def send_baseline(port: int, messages: list[QueuedMessage]) -> None:
 # -- the run -----------------------------------------------------------------
 
 
-def check_received(server: ServerProcess, expected_ids: list[str], side: str) -> None:
-    """Raise SystemExit unless the server received each expected message once."""
-    received = collections.Counter(server.received_ids())
+def check_received(received_ids: list[str], expected_ids: list[str], side: str) -> None:
+    """Raise SystemExit unless each expected message was received once."""
+    received = collections.Counter(received_ids)
     expected = collections.Counter(expected_ids)
     if received == expected:
         return
@@ -376,7 +394,8 @@ def check_received(server: ServerProcess, expected_ids: list[str], side: str) ->
     extra = sum((received - expected).values())
     raise SystemExit(
         f"The {side} delivered {sum(received.values())} messages for "
-        f"{len(expected_ids)} queued: {missing} missing, {extra} duplicate or unexpected."
+        f"{len(expected_ids)} queued: {missing} missing, "
+        f"{extra} duplicate or unexpected."
     )
 
 
@@ -402,11 +421,11 @@ def run_round(
         server.reset()
         cpu_started, started = time.process_time(), time.perf_counter()
         asyncio.run(send_baseline(server.port, messages))
-        measurement = Measurement(
-            time.perf_counter() - started, time.process_time() - cpu_started
-        )
-        check_received(server, expected_ids, "baseline")
-        return measurement
+        seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
+        received_ids, server_cpu_seconds = server.report()
+        check_received(received_ids, expected_ids, "baseline")
+        return Measurement(seconds, cpu_seconds, server_cpu_seconds)
 
     def portal() -> Measurement:
         server.reset()
@@ -418,16 +437,16 @@ def run_round(
         try:
             drain_outbox(policy, count)
         finally:
-            measurement = Measurement(
-                time.perf_counter() - started, time.process_time() - cpu_started
-            )
+            seconds = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_started
             if profiler:
                 profiler.disable()
             if timer:
                 timer.remove()
-        check_received(server, expected_ids, "portal")
+        received_ids, server_cpu_seconds = server.report()
         check_outbox(count)
-        return measurement
+        check_received(received_ids, expected_ids, "portal")
+        return Measurement(seconds, cpu_seconds, server_cpu_seconds)
 
     if portal_first:
         portal_measurement = portal()
@@ -445,7 +464,8 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--database-url",
-        help="an empty database, migrated by the benchmark; default: a new SQLite file",
+        help="SQLAlchemy URL of an empty database, which the benchmark migrates "
+        "(default: a new SQLite file)",
     )
     parser.add_argument(
         "--messages", type=int, default=3000, help="messages per round (default 3000)"
@@ -457,13 +477,14 @@ def parse_arguments() -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=delivery.DeliveryPolicy.batch_size,
-        help=f"DeliveryPolicy.batch_size (default {delivery.DeliveryPolicy.batch_size})",
+        help="rows claimed per run_once call, DeliveryPolicy.batch_size "
+        f"(default {delivery.DeliveryPolicy.batch_size})",
     )
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="write cProfile statistics of the portal phases to FILE; "
-        "the profiler slows the portal, so the ratio is then not comparable",
+        help="write cProfile statistics of the portal phases to FILE. The profiler "
+        "slows the portal, so the ratio of such a run is not comparable.",
     )
     arguments = parser.parse_args()
     if arguments.messages < 1 or arguments.rounds < 1 or arguments.batch_size < 1:
@@ -473,8 +494,8 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> None:
     arguments = parse_arguments()
-    # INFO would log every message sent; the portal logs at INFO unless the
-    # root logger already has a handler.
+    # The portal configures INFO logging unless the root logger has a handler,
+    # and INFO logs a line for every message sent.
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -527,12 +548,15 @@ def main() -> None:
                 )
                 portal_runs.append(portal_run)
                 baseline_runs.append(baseline_run)
+                portal_rate = arguments.messages / portal_run.seconds
+                baseline_rate = arguments.messages / baseline_run.seconds
                 print(
-                    f"round {number + 1}: portal {arguments.messages / portal_run.seconds:,.0f} "
-                    f"messages/s, baseline {arguments.messages / baseline_run.seconds:,.0f} messages/s"
+                    f"round {number + 1}: portal {portal_rate:,.0f} messages/s, "
+                    f"baseline {baseline_rate:,.0f} messages/s"
                 )
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
     if profiler:
         profiler.dump_stats(arguments.profile)
@@ -551,10 +575,13 @@ def main() -> None:
         rates[label] = arguments.messages / statistics.median(
             run.seconds for run in runs
         )
-        cpu = statistics.median(run.cpu_seconds for run in runs) / arguments.messages
+        cpu = statistics.median(run.cpu_seconds for run in runs)
+        server_cpu = statistics.median(run.server_cpu_seconds for run in runs)
         print(
-            f"{label + ':':<25}{rates[label]:7,.0f} messages/s, "
-            f"{cpu * 1000:.2f} ms CPU per message (medians of {arguments.rounds})"
+            f"{label + ':':<25}{rates[label]:7,.0f} messages/s; CPU per message: "
+            f"{cpu / arguments.messages * 1000:.2f} ms sending, "
+            f"{server_cpu / arguments.messages * 1000:.2f} ms in the server "
+            f"(medians of {arguments.rounds})"
         )
     ratio = rates["portal delivery worker"] / rates["aiosmtplib, no database"]
     print(f"ratio={ratio:.2f}")

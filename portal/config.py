@@ -62,6 +62,17 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         # the tenant's cloud unless these override them.
         "MICROSOFT_LOGIN_URL": environ.get(PREFIX + "MICROSOFT_LOGIN_URL", ""),
         "MICROSOFT_GRAPH_URL": environ.get(PREFIX + "MICROSOFT_GRAPH_URL", ""),
+        # Microsoft 365: seconds for each sign-in or Graph request; retries of
+        # a throttled (429) or unavailable (503) Graph request, and the longest
+        # Retry-After in seconds that one retry waits for. A longer one is left
+        # to the outbox's later attempt.
+        "MICROSOFT_TIMEOUT": float(environ.get(PREFIX + "MICROSOFT_TIMEOUT", "30")),
+        "MICROSOFT_GRAPH_MAX_RETRIES": int(
+            environ.get(PREFIX + "MICROSOFT_GRAPH_MAX_RETRIES", "3")
+        ),
+        "MICROSOFT_GRAPH_MAX_RETRY_WAIT": float(
+            environ.get(PREFIX + "MICROSOFT_GRAPH_MAX_RETRY_WAIT", "30")
+        ),
         "GOOGLE_AUTH_URL": environ.get(
             PREFIX + "GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"
         ),
@@ -74,14 +85,44 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         "GOOGLE_DIRECTORY_URL": environ.get(
             PREFIX + "GOOGLE_DIRECTORY_URL", "https://admin.googleapis.com"
         ),
+        # Gmail API rate limits and server errors: retries within one send,
+        # and the longest wait before one retry in seconds. A longer
+        # Retry-After is left to the outbox's later attempt.
+        "GOOGLE_MAX_RETRIES": int(environ.get(PREFIX + "GOOGLE_MAX_RETRIES", "3")),
+        "GOOGLE_MAX_RETRY_WAIT": float(
+            environ.get(PREFIX + "GOOGLE_MAX_RETRY_WAIT", "30")
+        ),
+        # On-premises Exchange (EWS): seconds for each HTTP request; the
+        # Autodiscover candidates in order ({domain} is the mailbox's domain,
+        # "srv" the DNS SRV record); a PEM file of certificate authorities
+        # that replaces the system's; retries after "server busy", and the
+        # longest wait before one retry in seconds.
+        "EXCHANGE_TIMEOUT": float(environ.get(PREFIX + "EXCHANGE_TIMEOUT", "30")),
+        "EXCHANGE_AUTODISCOVER": environ.get(
+            PREFIX + "EXCHANGE_AUTODISCOVER",
+            "https://{domain}/autodiscover/autodiscover.svc "
+            "https://autodiscover.{domain}/autodiscover/autodiscover.svc "
+            "http://autodiscover.{domain}/autodiscover/autodiscover.xml srv",
+        ),
+        "EXCHANGE_CA_FILE": environ.get(PREFIX + "EXCHANGE_CA_FILE") or None,
+        "EXCHANGE_BUSY_RETRIES": int(
+            environ.get(PREFIX + "EXCHANGE_BUSY_RETRIES", "2")
+        ),
+        "EXCHANGE_MAX_BACK_OFF": float(
+            environ.get(PREFIX + "EXCHANGE_MAX_BACK_OFF", "10")
+        ),
         # The address this portal is reached at, for OAuth redirect URIs;
         # empty means the address of the current request.
         "PUBLIC_URL": environ.get(PREFIX + "PUBLIC_URL", "").rstrip("/"),
         # Rate limits: "memory://" suits one process; several processes need
         # a shared store such as "redis://host:6379".
-        "RATELIMIT_STORAGE_URI": environ.get(PREFIX + "RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_STORAGE_URI": environ.get(
+            PREFIX + "RATELIMIT_STORAGE_URI", "memory://"
+        ),
         "SIGN_IN_LIMIT": environ.get(PREFIX + "SIGN_IN_LIMIT", "5/minute;20/hour"),
-        "SIGN_IN_ADDRESS_LIMIT": environ.get(PREFIX + "SIGN_IN_ADDRESS_LIMIT", "30/10minutes"),
+        "SIGN_IN_ADDRESS_LIMIT": environ.get(
+            PREFIX + "SIGN_IN_ADDRESS_LIMIT", "30/10minutes"
+        ),
         "TEST_LIMIT": environ.get(PREFIX + "TEST_LIMIT", "10/minute;60/hour"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -89,6 +130,22 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         "WTF_CSRF_TIME_LIMIT": None,
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     }
+    # Optional tuning of the delivery worker (portal.services.delivery).
+    for name in (
+        "DELIVERY_BATCH_SIZE",
+        "DELIVERY_MAX_ATTEMPTS",
+        "DELIVERY_FIRST_RETRY_SECONDS",
+        "DELIVERY_LEASE_SECONDS",
+        "DELIVERY_CONNECTIONS_PER_ACCOUNT",
+    ):
+        value = environ.get(PREFIX + name, "").strip()
+        if value:
+            try:
+                settings[name] = float(value) if "SECONDS" in name else int(value)
+            except ValueError as error:
+                raise ConfigurationError(
+                    f"{PREFIX}{name} must be a number, not {value!r}."
+                ) from error
     return settings
 
 

@@ -39,7 +39,7 @@ QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    batch_size: int = 200
+    batch_size: int = 500
     max_attempts: int = 6
     first_retry_seconds: float = 30.0
     max_retry_seconds: float = 3600.0
@@ -145,17 +145,27 @@ def _parse(row: OutboxMessage) -> email.message.EmailMessage:
     return email.message_from_bytes(row.mime, policy=_PARSE_POLICY)
 
 
-async def _send_share(
-    connection, rows: list[OutboxMessage], messages: dict, outcomes: dict
-) -> None:
-    """Send ``rows`` one after another over one connection."""
+async def _send_share(connection, rows: list[OutboxMessage], outcomes: dict) -> None:
+    """Send ``rows`` one after another over one connection.
+
+    A transport that can send the stored bytes as they are (``send_bytes``)
+    gets them; parsing and re-serialising a message costs more than sending
+    it. It answers None when the server needs the message re-encoded.
+    """
+    send_bytes = getattr(connection, "send_bytes", None)
     try:
         async with connection:
             for row in rows:
                 try:
-                    result = await connection.send(
-                        messages[row.id], sender=row.sender, recipients=row.recipients
-                    )
+                    result = None
+                    if send_bytes is not None:
+                        result = await send_bytes(
+                            row.mime, sender=row.sender, recipients=row.recipients
+                        )
+                    if result is None:
+                        result = await connection.send(
+                            _parse(row), sender=row.sender, recipients=row.recipients
+                        )
                 except TransportError as error:
                     outcomes[row.id] = (error, None)
                 else:
@@ -167,13 +177,10 @@ async def _send_share(
             outcomes.setdefault(row.id, (error, None))
 
 
-async def _send_all(jobs: list[tuple], messages: dict) -> dict:
+async def _send_all(jobs: list[tuple]) -> dict:
     outcomes: dict = {}
     await asyncio.gather(
-        *(
-            _send_share(connection, rows, messages, outcomes)
-            for connection, rows in jobs
-        )
+        *(_send_share(connection, rows, outcomes) for connection, rows in jobs)
     )
     return outcomes
 
@@ -215,7 +222,7 @@ def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
         else:
             by_account[row.account_id].append(row)
 
-    jobs, messages = [], {}
+    jobs = []
     for account_id, account_rows in by_account.items():
         account = db.session.get(EmailAccount, account_id)
         try:
@@ -233,11 +240,9 @@ def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
         for index in range(shares):
             connection = opener_of_type(account, policy_.timeout)
             jobs.append((connection, account_rows[index::shares]))
-        for row in account_rows:
-            messages[row.id] = _parse(row)
 
     rows_by_id = {row.id: row for row in rows}
-    for row_id, (error, result) in asyncio.run(_send_all(jobs, messages)).items():
+    for row_id, (error, result) in asyncio.run(_send_all(jobs)).items():
         row = rows_by_id[row_id]
         if error is None:
             outcomes[row_id] = Outcome(SENT, reply=result.reply)

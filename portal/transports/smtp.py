@@ -195,9 +195,11 @@ class SmtpConnection:
 
     async def _open(self) -> None:
         settings = self.settings
-        context = tls.create_ssl_context(
-            settings.trusted_fingerprint, cafile=self._cafile
-        )
+        context = None
+        if settings.security is not Security.NONE:
+            context = tls.create_ssl_context(
+                settings.trusted_fingerprint, cafile=self._cafile
+            )
         implicit_tls = settings.security is Security.SSL
         client = _SMTP(
             hostname=settings.host,
@@ -289,6 +291,35 @@ class SmtpConnection:
             tls.peer_certificate(ssl_object), self.settings.trusted_fingerprint
         )
 
+    async def send_bytes(
+        self, data: bytes, *, sender: str, recipients: Sequence[str]
+    ) -> SendResult | None:
+        """Send a message already serialised with CRLF line endings, as is.
+
+        For messages that the portal built and stored: their address headers
+        already use A-label domains and they carry no Bcc header. Returns
+        None, sending nothing, when the server cannot take the bytes unchanged
+        (8-bit content without 8BITMIME, or UTF-8 addresses without SMTPUTF8);
+        the caller then sends the parsed message with send(), which re-encodes
+        it. Raises TransportError like send().
+        """
+        envelope = _raw_envelope(sender, recipients)
+        await self.open()
+        client = self._checked_client()
+        try:
+            await self._greet()
+            if not data.isascii() and not client.supports_extension("8bitmime"):
+                return None
+            if envelope.smtputf8 and not client.supports_extension("smtputf8"):
+                return None
+            return await self._transmit(data, envelope, eight_bit=not data.isascii())
+        except TransportError as error:
+            raise self._report(error) from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            failure = await self._classify(error)
+            await self._reset()
+            raise self._report(failure, error) from None
+
     async def _send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
         client = self._checked_client()
         await self._greet()
@@ -300,6 +331,12 @@ class SmtpConnection:
         data = flatten_message(
             outgoing, utf8=envelope.smtputf8, cte_type="8bit" if eight_bit else "7bit"
         )
+        return await self._transmit(data, envelope, eight_bit=eight_bit)
+
+    async def _transmit(
+        self, data: bytes, envelope: Envelope, *, eight_bit: bool
+    ) -> SendResult:
+        client = self._checked_client()
         # RFC 1870 counts the octets as sent, CRLF line endings included. The
         # SMTP policies of the email package already write CRLF.
         size = len(data)
@@ -701,6 +738,16 @@ def _envelope_address(address: Address, step: Step) -> str:
     return Address(
         username=address.username, domain=_ascii_domain(address.domain, step)
     ).addr_spec
+
+
+def _raw_envelope(sender: str, recipients: Sequence[str]) -> Envelope:
+    """The envelope of a stored message, whose addresses are already checked."""
+    addresses = [sender, *recipients]
+    return Envelope(
+        sender=sender,
+        recipients=tuple(recipients),
+        smtputf8=any(not address.rpartition("@")[0].isascii() for address in addresses),
+    )
 
 
 def _parse_address(text: str, step: Step) -> Address:

@@ -7,6 +7,7 @@ handshake then skips CA verification, and the transport compares the peer
 certificate with the fingerprint before it sends credentials.
 """
 
+import functools
 import logging
 import re
 import socket
@@ -113,7 +114,7 @@ def create_ssl_context(
     TransportError if the fingerprint is malformed.
     """
     if not trusted_fingerprint:
-        return ssl.create_default_context(cafile=cafile)
+        return _verifying_context(cafile)
 
     try:
         normalize_fingerprint(trusted_fingerprint)
@@ -125,6 +126,18 @@ def create_ssl_context(
             "by colons, or clear it to verify the certificate normally.",
         ) from None
     return create_unverified_context()
+
+
+@functools.lru_cache(maxsize=8)
+def _verifying_context(cafile: str | None) -> ssl.SSLContext:
+    """One shared verifying context per CA file.
+
+    Loading the system's certificate authorities takes tens of milliseconds,
+    so contexts are built once and reused; nothing changes them after this.
+    NOTE: certificate authorities added to the system after start-up are
+    used only after the portal restarts.
+    """
+    return ssl.create_default_context(cafile=cafile)
 
 
 def create_unverified_context() -> ssl.SSLContext:
