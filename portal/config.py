@@ -124,6 +124,9 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
             PREFIX + "SIGN_IN_ADDRESS_LIMIT", "30/10minutes"
         ),
         "TEST_LIMIT": environ.get(PREFIX + "TEST_LIMIT", "10/minute;60/hour"),
+        # Destinations allowed besides the administrators' outbound policy,
+        # comma-separated in the policy's notation (see services/outbound.py).
+        "OUTBOUND_ALLOW": environ.get(PREFIX + "OUTBOUND_ALLOW", ""),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": environ.get(PREFIX + "SECURE_COOKIES", "0") == "1",

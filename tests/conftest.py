@@ -60,6 +60,9 @@ def app(database_url, tmp_path):
             "SMTP_TIMEOUT": 3.0,
             # A cheap hash keeps the many sign-ins of the suite fast.
             "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+            # The test servers listen on loopback, which personal accounts may
+            # reach only when the outbound policy allows it.
+            "OUTBOUND_ALLOW": "127.0.0.0/8,[::1/128]",
         }
     )
     app.instance_path = str(tmp_path / "instance")

@@ -18,4 +18,13 @@ SCOPE = AccountScope(
 
 register_account_views(bp, SCOPE, prefix="/email-accounts")
 
-from . import access, audit, email_templates, modules, people  # noqa: E402,F401  (their routes are added to bp)
+from . import (  # noqa: E402,F401  (their routes are added to bp)
+    access,
+    audit,
+    email_templates,
+    google,
+    microsoft365,
+    modules,
+    outbound,
+    people,
+)

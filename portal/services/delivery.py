@@ -29,8 +29,9 @@ from sqlalchemy import and_, or_, select, update
 
 from ..extensions import db
 from ..models import EmailAccount, OutboxMessage
+from ..transports import destinations
 from ..transports.base import TransportError
-from . import access, senders
+from . import access, outbound, senders
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +146,16 @@ def _parse(row: OutboxMessage) -> email.message.EmailMessage:
     return email.message_from_bytes(row.mime, policy=_PARSE_POLICY)
 
 
-async def _send_share(connection, rows: list[OutboxMessage], outcomes: dict) -> None:
+async def _send_share(
+    connection, rows: list[OutboxMessage], outcomes: dict, guard
+) -> None:
     """Send ``rows`` one after another over one connection.
 
     A transport that can send the stored bytes as they are (``send_bytes``)
     gets them; parsing and re-serialising a message costs more than sending
     it. It answers None when the server needs the message re-encoded.
     """
+    destinations.set_guard(guard)  # this task's connections only
     send_bytes = getattr(connection, "send_bytes", None)
     try:
         async with connection:
@@ -180,7 +184,10 @@ async def _send_share(connection, rows: list[OutboxMessage], outcomes: dict) -> 
 async def _send_all(jobs: list[tuple]) -> dict:
     outcomes: dict = {}
     await asyncio.gather(
-        *(_send_share(connection, rows, outcomes) for connection, rows in jobs)
+        *(
+            _send_share(connection, rows, outcomes, guard)
+            for connection, rows, guard in jobs
+        )
     )
     return outcomes
 
@@ -223,6 +230,11 @@ def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
             by_account[row.account_id].append(row)
 
     jobs = []
+    outbound_policy = outbound.load_policy()
+    guards = {
+        personal: outbound.guard_for(personal, outbound_policy)
+        for personal in (True, False)
+    }
     for account_id, account_rows in by_account.items():
         account = db.session.get(EmailAccount, account_id)
         try:
@@ -239,7 +251,9 @@ def deliver(ids: list[int], policy_: DeliveryPolicy) -> dict[str, int]:
         shares = min(policy_.connections_per_account, len(account_rows))
         for index in range(shares):
             connection = opener_of_type(account, policy_.timeout)
-            jobs.append((connection, account_rows[index::shares]))
+            jobs.append(
+                (connection, account_rows[index::shares], guards[account.is_personal])
+            )
 
     rows_by_id = {row.id: row for row in rows}
     for row_id, (error, result) in asyncio.run(_send_all(jobs)).items():

@@ -10,7 +10,10 @@ log = logging.getLogger(__name__)
 
 ALLOW_PERSONAL_ACCOUNTS = "allow_personal_accounts"
 
-DEFAULTS = {ALLOW_PERSONAL_ACCOUNTS: "1"}
+DEFAULTS = {
+    ALLOW_PERSONAL_ACCOUNTS: "1",
+    "outbound_policy": '{"rules": "", "restrict_global": false}',
+}
 
 
 def get_setting(key: str) -> str:

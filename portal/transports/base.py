@@ -201,6 +201,8 @@ def open_connection(host: str, port: int, timeout: float) -> socket.socket:
     TransportError at step DNS, CONNECT or TIMEOUT. The DNS lookup itself is
     bounded only by the system resolver's own timeouts.
     """
+    from . import destinations  # it imports this module for TransportError
+
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
@@ -208,6 +210,8 @@ def open_connection(host: str, port: int, timeout: float) -> socket.socket:
 
     last_error: OSError | None = None
     for family, kind, protocol, _, address in addresses:
+        # Checked here and connected to right below: the same address.
+        destinations.check(host, port, address[0])
         connection = socket.socket(family, kind, protocol)
         connection.settimeout(timeout)
         try:

@@ -26,7 +26,7 @@ import aiosmtplib
 import idna
 from aiosmtplib.email import flatten_message
 
-from . import tls
+from . import destinations, tls
 from .base import (
     Security,
     SendResult,
@@ -672,6 +672,8 @@ async def _connect_socket(host: str, port: int, timeout: float) -> socket.socket
 
     last_error: OSError | None = None
     for family, kind, protocol, _, address in addresses:
+        # Checked here and connected to right below: the same address.
+        destinations.check(host, port, address[0])
         connection = socket.socket(family, kind, protocol)
         connection.setblocking(False)
         try:

@@ -10,7 +10,6 @@ certificate with the fingerprint before it sends credentials.
 import functools
 import logging
 import re
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .base import CertificateInfo, Security, Step, TransportError
+from .base import CertificateInfo, Security, Step, TransportError, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,12 @@ def fetch_certificate(host: str, port: int, timeout: float) -> bytes | None:
     Raises OSError (ssl.SSLError and TimeoutError included) if the TLS
     handshake fails, so speaks_implicit_tls() uses it as a probe.
     """
-    with socket.create_connection((host, port), timeout=timeout) as connection:
+    try:
+        connection = open_connection(host, port, timeout)
+    except TransportError as error:
+        # Callers treat any failure to fetch as an OSError.
+        raise ConnectionError(error.summary) from None
+    with connection:
         context = create_unverified_context()
         with context.wrap_socket(connection, server_hostname=host) as tls_socket:
             return tls_socket.getpeercert(binary_form=True)

@@ -50,6 +50,7 @@ def live_server(tmp_path_factory):
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'portal.sqlite3'}",
             "START_WORKER": False,
             "SMTP_TIMEOUT": 5.0,
+            "OUTBOUND_ALLOW": "127.0.0.0/8,[::1/128]",
         }
     )
     with app.app_context():

@@ -50,6 +50,7 @@ ENDPOINT_POLICY = {
     "admin.preview_account_access": ADMIN,
     "admin.staff_access": ADMIN,
     "admin.list_audit_events": ADMIN,
+    "admin.outbound_policy": ADMIN,
     "admin.personal_accounts_setting": ADMIN,
     "admin.list_personal_accounts": ADMIN,
     "admin.list_skillgroups": ADMIN,
@@ -77,6 +78,24 @@ ENDPOINT_POLICY = {
     "admin.preview_email_template": ADMIN,
     "admin.preview_email_template_message": ADMIN,
     "admin.send_email_template": ADMIN,
+    # The Google Workspace / Gmail account type and its integration page.
+    "personal.complete_google_connection": SIGNED_IN,
+    "admin.search_google_mailboxes": ADMIN,
+    "admin.edit_google_integration": ADMIN,
+    "admin.save_google_service_account": ADMIN,
+    "admin.remove_google_service_account": ADMIN,
+    "admin.save_google_oauth_client": ADMIN,
+    "admin.remove_google_oauth_client": ADMIN,
+    "admin.check_google_connection": ADMIN,
+    # The Microsoft 365 account type and its integration page.
+    "personal.convert_account_to_microsoft365": OWNER,
+    "personal.microsoft365_sign_in_callback": SIGNED_IN,
+    "admin.convert_account_to_microsoft365": ADMIN,
+    "admin.search_microsoft365_mailboxes": ADMIN,
+    "admin.edit_microsoft365_integration": ADMIN,
+    "admin.grant_microsoft365_consent": ADMIN,
+    "admin.finish_microsoft365_consent": ADMIN,
+    "admin.check_microsoft365_connection": ADMIN,
 }
 
 VISITORS = ("anonymous", "alice", "bob", "root")

@@ -10,12 +10,14 @@ from ... import crypto, ratelimits
 from ...extensions import db
 from ...models import EmailAccount
 from ...services import accounts as account_service
-from ...services import testing
+from ...services import outbound, testing
 from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
+from ...transports import destinations
 from .. import concurrency, types
 from ..forms import InternetAccountForm
 from ..scope import AccountScope
+from .microsoft365 import convert_offer
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +125,23 @@ def _run_test(
         current_user.id,
         str(account_id) if account else f"new:{form.email_address.data}",
     )
-    if action == "test-send":
-        outcome = testing.run_send_test(
-            account_service.smtp_settings(form, account, timeout),
-            from_address=form.email_address.data,
-            from_name=form.from_name.data or "",
-            to=form.test_to.data,
-            account_label=form.friendly_name.data or form.email_address.data,
-            account_id=account_id,
-        )
-    else:
-        outcome = testing.run_read_test(
-            account_service.read_settings(form, account, timeout), account_id=account_id
-        )
+    # Connections go only where the outbound policy lets this kind of account go.
+    guard = outbound.guard_for(scope.personal, outbound.load_policy())
+    with destinations.guarded(guard):
+        if action == "test-send":
+            outcome = testing.run_send_test(
+                account_service.smtp_settings(form, account, timeout),
+                from_address=form.email_address.data,
+                from_name=form.from_name.data or "",
+                to=form.test_to.data,
+                account_label=form.friendly_name.data or form.email_address.data,
+                account_id=account_id,
+            )
+        else:
+            outcome = testing.run_read_test(
+                account_service.read_settings(form, account, timeout),
+                account_id=account_id,
+            )
 
     if account is not None:
         testing.record_outcome(account, outcome)
@@ -182,7 +188,12 @@ def _edited_meanwhile(account: EmailAccount, form: InternetAccountForm) -> bool:
         + "Your values are still on the form: check them and save again to "
         "replace theirs."
     )
-    log.info("Save of account %s refused: version %s is not %s", account.id, posted, account.version)
+    log.info(
+        "Save of account %s refused: version %s is not %s",
+        account.id,
+        posted,
+        account.version,
+    )
     return True
 
 
@@ -228,6 +239,7 @@ def _render_form(
         version=version,
         original=original,
         choose_security=scope.chooses_security(account),
+        microsoft365_offer=convert_offer(scope, account),
         outcome=outcome,
         title=title,
         action_url=action_url,
