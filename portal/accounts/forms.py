@@ -139,14 +139,14 @@ class InternetAccountForm(AccountForm):
         "SMTP server", validators=[normalised_by(validation.normalise_host)]
     )
     smtp_port = StringField(
-        "Port", default="587", validators=[normalised_by(validation.parse_port)]
+        "SMTP port", default="587", validators=[normalised_by(validation.parse_port)]
     )
     smtp_security = SelectField(
-        "Security", choices=SECURITY_CHOICES, default="starttls"
+        "SMTP security", choices=SECURITY_CHOICES, default="starttls"
     )
     smtp_auth = SelectField("Authentication", choices=AUTH_CHOICES, default="password")
-    smtp_username = StringField("User name", validators=[header_value(320)])
-    smtp_password = PasswordField("Password")
+    smtp_username = StringField("SMTP user name", validators=[header_value(320)])
+    smtp_password = PasswordField("SMTP password")
 
     read_protocol = SelectField(
         "Read mail with", choices=READ_PROTOCOL_CHOICES, default=""
@@ -154,10 +154,10 @@ class InternetAccountForm(AccountForm):
     read_host = StringField(
         "Incoming server", validators=[normalised_by(validation.normalise_host)]
     )
-    read_port = StringField("Port", validators=[normalised_by(validation.parse_port)])
-    read_security = SelectField("Security", choices=SECURITY_CHOICES, default="ssl")
-    read_username = StringField("User name", validators=[header_value(320)])
-    read_password = PasswordField("Password")
+    read_port = StringField("Incoming port", validators=[normalised_by(validation.parse_port)])
+    read_security = SelectField("Incoming security", choices=SECURITY_CHOICES, default="ssl")
+    read_username = StringField("Incoming user name", validators=[header_value(320)])
+    read_password = PasswordField("Incoming password")
     read_folder = StringField("Folder", default="INBOX", validators=[header_value(200)])
 
     trusted_fingerprint = StringField(

@@ -101,7 +101,7 @@ def sign_in_as(page, username: str) -> None:
     page.get_by_label("User name").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/accounts")
+    page.wait_for_url(lambda url: "/sign-in" not in url)
 
 
 def screenshot(page, name: str) -> None:

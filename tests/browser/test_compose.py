@@ -33,14 +33,16 @@ def test_compose_and_watch_delivery(page, live_server, plain_smtp):
         )
         db.session.add(account)
         db.session.commit()
+        account_id = account.id
 
     sign_in_as(page, "alice")
-    page.get_by_role("radio").first.check()
+    page.get_by_label("Service desk").check()
     page.get_by_role("button", name="Save default account").click()
     expect(page.locator("#sending-accounts")).to_contain_text("Saved.")
 
     page.get_by_role("link", name="Compose").click()
-    expect(page.get_by_label("From")).to_contain_text("Service desk")
+    from_field = page.get_by_label("From")
+    expect(from_field).to_have_value(str(account_id))
     page.get_by_label("To", exact=True).fill("customer@example.com")
     page.get_by_label("Subject").fill("Your ticket 4711")
     page.get_by_label("Message").fill("We have fixed the printer.")
