@@ -153,7 +153,7 @@ async def _send_share(
 
     A transport that can send the stored bytes as they are (``send_bytes``)
     gets them; parsing and re-serialising a message costs more than sending
-    it. It answers None when the server needs the message re-encoded.
+    it. It returns None when the server needs the message re-encoded.
     """
     destinations.set_guard(guard)  # this task's connections only
     send_bytes = getattr(connection, "send_bytes", None)

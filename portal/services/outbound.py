@@ -76,6 +76,7 @@ def parse_rule(line: str) -> Rule:
         ports = rest[1:] or None
     elif text.count(":") == 1:
         target, ports = text.split(":")
+
     port_set = None
     if ports is not None:
         try:
@@ -172,7 +173,7 @@ def is_internal(ip: IPAddress) -> bool:
 
 
 def guard_for(personal: bool, policy: Policy) -> destinations.Guard:
-    """The check applied to every connection an account of this kind makes."""
+    """Return the check applied to every connection an account of this kind makes."""
 
     def guard(host: str, port: int, ip: IPAddress) -> None:
         rule = policy.allowing_rule(host, ip, port)
