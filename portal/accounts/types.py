@@ -42,6 +42,9 @@ class AccountType:
     # ``route(rule, view, methods)`` helper; rules are relative to the
     # accounts prefix.
     register_routes: Callable | None = None
+    # notices(scope) returns warnings shown above the account grid, such as a
+    # client secret that expires soon.
+    notices: Callable[..., list[str]] | None = None
     order: int = 100  # position in the type chooser
 
     def describe(self, account: EmailAccount) -> str:

@@ -38,6 +38,12 @@ def register_account_views(
             accounts=accounts,
             may_create=scope.may_create(),
             creation_disabled=CREATION_DISABLED,
+            notices=[
+                notice
+                for account_type in types.all_types()
+                if account_type.notices
+                for notice in account_type.notices(scope)
+            ],
             breadcrumbs=scope.breadcrumbs(),
             **_sending_choices(scope),
         )
