@@ -114,3 +114,12 @@ def test_tests_are_rate_limited(app, staff_client, closed_port, action):
     fragment = response.get_data(as_text=True)
     assert "Too many tests in a short time. Try again in" in fragment
     assert "<html" not in fragment
+
+
+def test_forms_may_lead_to_sign_in_pages_only(staff_client):
+    csp = staff_client.get(PERSONAL).headers["Content-Security-Policy"]
+    form_action = next(part for part in csp.split("; ") if part.startswith("form-action"))
+    assert "'self'" in form_action
+    assert "https://login.microsoftonline.com" in form_action
+    assert "https://accounts.google.com" in form_action
+    assert "*" not in form_action
