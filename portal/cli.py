@@ -10,6 +10,7 @@ from cryptography.fernet import Fernet
 from flask import Flask, current_app
 from flask_migrate import upgrade
 from sqlalchemy import select
+from werkzeug.serving import run_simple
 
 from . import crypto
 from .extensions import db
@@ -173,7 +174,8 @@ def serve_command(host: str, port: int) -> None:
         worker = DeliveryWorker(app)
         worker.start()
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        # Flask ignores app.run() inside a "flask" command, so serve directly.
+        run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
         if worker is not None:
             worker.stop()
