@@ -57,3 +57,28 @@ def unseal(token: str, staff_id: int) -> str | None:
         return None
     owner, _, value = plaintext.partition(":")
     return value if owner == str(staff_id) else None
+
+
+def read_secret(rows, name: str) -> str:
+    """Return the decrypted secret called ``name`` among ``rows``, or ""."""
+    for row in rows:
+        if row.name == name:
+            return decrypt(row.ciphertext)
+    return ""
+
+
+def put_secret(rows: list, make_row, name: str, value: str | None) -> None:
+    """Store ``value`` encrypted in the row called ``name`` of ``rows``.
+
+    ``rows`` is a relationship list such as ``EmailAccount.secrets`` and
+    ``make_row`` its row class; None or "" removes the secret.
+    """
+    existing = next((row for row in rows if row.name == name), None)
+    if not value:
+        if existing is not None:
+            rows.remove(existing)
+        return
+    if existing is None:
+        rows.append(make_row(name=name, ciphertext=encrypt(value)))
+    else:
+        existing.ciphertext = encrypt(value)

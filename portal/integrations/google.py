@@ -115,25 +115,12 @@ def get_secret(integration: Integration | None, name: str) -> str:
     """Return the decrypted secret ``name`` of the integration, or ""."""
     if integration is None:
         return ""
-    for secret in integration.secrets:
-        if secret.name == name:
-            return crypto.decrypt(secret.ciphertext)
-    return ""
+    return crypto.read_secret(integration.secrets, name)
 
 
 def set_secret(integration: Integration, name: str, value: str | None) -> None:
     """Store ``value`` encrypted; None or "" removes the secret."""
-    existing = next((s for s in integration.secrets if s.name == name), None)
-    if not value:
-        if existing is not None:
-            integration.secrets.remove(existing)
-        return
-    if existing is None:
-        integration.secrets.append(
-            IntegrationSecret(name=name, ciphertext=crypto.encrypt(value))
-        )
-    else:
-        existing.ciphertext = crypto.encrypt(value)
+    crypto.put_secret(integration.secrets, IntegrationSecret, name, value)
 
 
 def _settings() -> dict:

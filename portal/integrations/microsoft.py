@@ -130,17 +130,7 @@ def get_integration_secret(name: str) -> str:
 
 def set_integration_secret(integration: Integration, name: str, value: str) -> None:
     """Encrypt and store ``value``; an empty value removes the secret."""
-    existing = next((s for s in integration.secrets if s.name == name), None)
-    if not value:
-        if existing is not None:
-            integration.secrets.remove(existing)
-        return
-    if existing is None:
-        integration.secrets.append(
-            IntegrationSecret(name=name, ciphertext=crypto.encrypt(value))
-        )
-    else:
-        existing.ciphertext = crypto.encrypt(value)
+    crypto.put_secret(integration.secrets, IntegrationSecret, name, value)
 
 
 def has_client_secret() -> bool:

@@ -29,25 +29,12 @@ class AccountError(ValueError):
 
 
 def get_secret(account: EmailAccount, name: str) -> str:
-    for secret in account.secrets:
-        if secret.name == name:
-            return crypto.decrypt(secret.ciphertext)
-    return ""
+    return crypto.read_secret(account.secrets, name)
 
 
 def set_secret(account: EmailAccount, name: str, value: str | None) -> None:
     """Store ``value`` encrypted; None or "" removes the secret."""
-    existing = next((s for s in account.secrets if s.name == name), None)
-    if not value:
-        if existing is not None:
-            account.secrets.remove(existing)
-        return
-    if existing is None:
-        account.secrets.append(
-            AccountSecret(name=name, ciphertext=crypto.encrypt(value))
-        )
-    else:
-        existing.ciphertext = crypto.encrypt(value)
+    crypto.put_secret(account.secrets, AccountSecret, name, value)
 
 
 # -- queries ---------------------------------------------------------------
