@@ -169,6 +169,14 @@ def admin_client(client, admin):
 HTMX = {"HX-Request": "true"}
 
 
+def version_fields(page: str) -> dict:
+    """Return the account version and signed original values an edit form carries."""
+    return {
+        "version": re.search(r'name="version" value="(\d+)"', page).group(1),
+        "original": re.search(r'name="original" value="([^"]+)"', page).group(1),
+    }
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the browser tests last.
 

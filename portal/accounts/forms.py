@@ -154,8 +154,12 @@ class InternetAccountForm(AccountForm):
     read_host = StringField(
         "Incoming server", validators=[normalised_by(validation.normalise_host)]
     )
-    read_port = StringField("Incoming port", validators=[normalised_by(validation.parse_port)])
-    read_security = SelectField("Incoming security", choices=SECURITY_CHOICES, default="ssl")
+    read_port = StringField(
+        "Incoming port", validators=[normalised_by(validation.parse_port)]
+    )
+    read_security = SelectField(
+        "Incoming security", choices=SECURITY_CHOICES, default="ssl"
+    )
     read_username = StringField("Incoming user name", validators=[header_value(320)])
     read_password = PasswordField("Incoming password")
     read_folder = StringField("Folder", default="INBOX", validators=[header_value(200)])

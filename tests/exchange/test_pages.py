@@ -9,7 +9,8 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import AccountSecret, EmailAccount, OutboxMessage
 from portal.services import access, delivery, sending
-from tests.conftest import HTMX
+from portal.services import accounts as account_service
+from tests.conftest import HTMX, version_fields
 from tests.exchange.conftest import (
     DELEGATED,
     GLOBAL,
@@ -43,6 +44,11 @@ def sealed_inputs(page: str) -> dict:
     if match:
         values["discovery_sealed"] = match.group(1)
     return values
+
+
+def sealed_password(page: str) -> dict:
+    match = re.search(r'name="password_sealed" value="([^"]+)"', page)
+    return {"password_sealed": match.group(1)}
 
 
 def test_type_is_offered_to_staff_and_administrators(staff_client, admin_client):
@@ -349,7 +355,9 @@ def test_saved_account_keeps_password_secret(
     # Saving again without typing the password keeps it.
     response, _ = post(
         staff_client,
-        exchange_form(ews_url=exchange.ews_url, password="", friendly_name="Renamed"),
+        exchange_form(
+            ews_url=exchange.ews_url, password="", friendly_name="Renamed", version="1"
+        ),
         url=f"{PERSONAL}/{account.id}",
         htmx=False,
     )
@@ -358,6 +366,54 @@ def test_saved_account_keeps_password_secret(
     assert account.friendly_name == "Renamed"
     assert account.version == 2
     assert len(account.secrets) == 1
+
+
+def test_concurrent_edit_is_refused_with_changes(staff_client, exchange_app, exchange):
+    post(staff_client, exchange_form(ews_url=exchange.ews_url), htmx=False)
+    (account,) = accounts()
+    url = f"{PERSONAL}/{account.id}"
+    page = staff_client.get(url).get_data(as_text=True)
+    opened = version_fields(page)
+
+    # Another tab (or person) saves first.
+    first = exchange_form(
+        ews_url=exchange.ews_url, password="", authentication="ntlm", **opened
+    )
+    response, _ = post(staff_client, first, url=url, htmx=False)
+    assert response.status_code == 302
+
+    second = exchange_form(
+        ews_url=exchange.ews_url,
+        password="A new password",
+        description="My edit",
+        **opened,
+    )
+    response, page = post(staff_client, second, url=url, htmx=False)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "Authentication: NTLM (Windows authentication)" in page
+    assert "My edit" in page  # the typed value stays
+    assert "A new password" not in page
+    assert 'name="password_sealed"' in page
+    (account,) = accounts()
+    assert account.description == ""
+    assert account.settings["authentication"] == "ntlm"
+    assert account.version == 2
+
+    # Saving again from the refreshed form replaces theirs, typed password included.
+    third = {
+        **second,
+        "password": "",
+        **sealed_password(page),
+        **version_fields(page),
+    }
+    response, _ = post(staff_client, third, url=url, htmx=False)
+    assert response.status_code == 302
+    (account,) = accounts()
+    assert account.description == "My edit"
+    assert account.settings["authentication"] == "basic"
+    assert account.version == 3
+    assert account_service.get_secret(account, "password") == "A new password"
 
 
 def test_administrator_creates_global_account(admin_client, exchange_app, exchange):

@@ -9,7 +9,7 @@ from portal.models import EmailAccount, OutboxMessage
 from portal.services import delivery, sending
 from portal.services.access import Module, ModulePrincipal
 from portal.services.delivery import DeliveryPolicy
-from tests.conftest import HTMX
+from tests.conftest import HTMX, version_fields
 from tests.google.conftest import connect_workspace
 
 ACCOUNTS = "/admin/email-accounts"
@@ -197,6 +197,36 @@ def test_save_stores_mailbox_and_from(admin_client, workspace):
     edit = admin_client.get(f"{ACCOUNTS}/{account.id}").get_data(as_text=True)
     assert 'value="support@example.com"' in edit
     assert 'value="helpdesk@example.com"' in edit
+
+
+def test_concurrent_edit_is_refused_with_changes(admin_client, workspace):
+    account = save(admin_client)
+    url = f"{ACCOUNTS}/{account.id}"
+    opened = version_fields(admin_client.get(url).get_data(as_text=True))
+
+    # Another tab (or person) saves first.
+    first = google_form(from_address="support@example.com", **opened)
+    assert admin_client.post(url, data=first).status_code == 302
+
+    second = google_form(description="My edit", **opened)
+    response = admin_client.post(url, data=second)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "From address: support@example.com" in page
+    assert "My edit" in page  # the typed value stays
+    db.session.refresh(account)
+    assert account.description == ""
+    assert account.email_address == "support@example.com"
+    assert account.version == 2
+
+    # Saving again from the refreshed form replaces theirs.
+    third = {**second, **version_fields(page)}
+    assert admin_client.post(url, data=third).status_code == 302
+    db.session.refresh(account)
+    assert account.description == "My edit"
+    assert account.email_address == "helpdesk@example.com"
+    assert account.version == 3
 
 
 @pytest.mark.parametrize("address", ["someone@gmail.com", "someone@googlemail.com"])

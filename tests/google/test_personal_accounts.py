@@ -15,7 +15,7 @@ from portal.services import delivery, sending
 from portal.services.access import StaffPrincipal
 from portal.services.delivery import DeliveryPolicy
 from tests import factories
-from tests.conftest import HTMX, make_staff, sign_in
+from tests.conftest import HTMX, make_staff, sign_in, version_fields
 
 ACCOUNTS = "/preferences/email/accounts"
 NEW = f"{ACCOUNTS}/new/google"
@@ -298,6 +298,30 @@ def test_revoked_grant_needs_reconnect_and_spares_others(connected, google):
         f"{ACCOUNTS}/{account.id}", data=personal_form(action="test-send"), headers=HTMX
     ).get_data(as_text=True)
     assert "Test send succeeded" in fragment
+
+
+def test_sign_in_keeps_opened_version(connected, google):
+    connected.post(NEW, data=personal_form())
+    account = db.session.scalars(select(EmailAccount)).one()
+    url = f"{ACCOUNTS}/{account.id}"
+    page = connected.get(url).get_data(as_text=True)
+    opened = version_fields(page)
+    other_tab = personal_form(from_name="Alice Other", **opened)
+    assert connected.post(url, data=other_tab).status_code == 302
+
+    # Reconnecting from the form opened before that save keeps its version.
+    connect(connected, url=url, description="My edit", **opened)
+    page = connected.get(url).get_data(as_text=True)
+    assert "My edit" in page  # the typed value survives the round trip
+    assert f'name="version" value="{opened["version"]}"' in page
+
+    response = connected.post(url, data=personal_form(description="My edit", **opened))
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "From display name: Alice Other" in page
+    db.session.refresh(account)
+    assert account.description == ""
 
 
 def test_test_send_marks_revoked_grant(connected, google):

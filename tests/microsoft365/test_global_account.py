@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import EmailAccount
-from tests.conftest import HTMX
+from tests.conftest import HTMX, version_fields
 from tests.fakes.microsoft import TENANT_ID
 
 NEW = "/admin/email-accounts/new/microsoft365"
@@ -270,11 +270,52 @@ def test_edit_and_choose_another_mailbox(admin_client, connected_tenant):
             mailbox="bob@contoso.com",
             shared="",
             display_name="Bob Baker",
+            version="1",
         ),
     )
     db.session.refresh(account)
     assert account.settings["user_id"] == bob
     assert account.email_address == "bob@contoso.com"
+
+
+def test_concurrent_edit_is_refused_with_changes(admin_client, connected_tenant):
+    admin_client.post(NEW, data=picked_form(action="save"))
+    account = db.session.scalar(select(EmailAccount))
+    url = f"/admin/email-accounts/{account.id}"
+    page = admin_client.get(url).get_data(as_text=True)
+    opened = version_fields(page)
+
+    # Another tab (or person) picks another mailbox and saves first.
+    bob = "a1b2c3d4-0000-4000-8000-000000000002"
+    first = picked_form(
+        action="save",
+        user_id=bob,
+        mailbox="bob@contoso.com",
+        shared="",
+        display_name="Bob Baker",
+        **opened,
+    )
+    assert admin_client.post(url, data=first).status_code == 302
+
+    second = picked_form(action="save", description="My edit", **opened)
+    response = admin_client.post(url, data=second)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "Mailbox: bob@contoso.com" in page
+    assert "My edit" in page  # the typed value stays
+    db.session.refresh(account)
+    assert account.description == ""
+    assert account.email_address == "bob@contoso.com"
+    assert account.version == 2
+
+    # Saving again from the refreshed form replaces theirs.
+    third = {**second, **version_fields(page)}
+    assert admin_client.post(url, data=third).status_code == 302
+    db.session.refresh(account)
+    assert account.description == "My edit"
+    assert account.email_address == "helpdesk@contoso.com"
+    assert account.version == 3
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from portal.integrations.microsoft_tokens import CACHE
 from portal.models import AuditEvent, EmailAccount, StaffMember
 from portal.services.accounts import get_secret
 from tests import factories
-from tests.conftest import HTMX, make_staff, sign_in
+from tests.conftest import HTMX, make_staff, sign_in, version_fields
 from tests.microsoft365.conftest import both_databases, connect_mailbox, follow
 
 NEW = "/preferences/email/accounts/new/microsoft365"
@@ -156,6 +156,32 @@ def test_test_send_uses_delegated_me_send_mail(alice_client, connected_tenant):
     assert sent["from"] == "alice@contoso.com"
     db.session.refresh(account)
     assert account.last_send_test_ok is True
+
+
+def test_stale_save_is_refused(alice_client, connected_tenant):
+    connect_mailbox(alice_client, connected_tenant)
+    account = the_account()
+    url = f"/preferences/email/accounts/{account.id}"
+    opened = version_fields(alice_client.get(url).get_data(as_text=True))
+    names = {"friendly_name": "Mine", "from_name": "Alice", "enabled": "y"}
+
+    first = {**names, "description": "Theirs", **opened}
+    assert alice_client.post(url, data=first).status_code == 302
+    db.session.refresh(account)
+    assert account.version == int(opened["version"]) + 1
+
+    second = {**names, "description": "My edit", **opened}
+    response = alice_client.post(url, data=second)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Someone else saved this account" in page
+    assert "Description: Theirs" in page
+    assert "My edit" in page  # the typed value stays
+
+    third = {**second, **version_fields(page)}
+    assert alice_client.post(url, data=third).status_code == 302
+    db.session.refresh(account)
+    assert account.description == "My edit"
 
 
 def test_refresh_token_rotation_is_saved(alice_client, connected_tenant):

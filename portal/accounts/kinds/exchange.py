@@ -40,7 +40,7 @@ from ...templating import render_page_or_fragment, wants_fragment
 from ...transports import destinations, ews
 from ...transports import ews_autodiscover as autodiscover
 from ...transports.base import TransportError
-from .. import types
+from .. import concurrency, types
 from ..forms import AccountForm, header_value, normalised_by
 from ..scope import AccountScope
 
@@ -347,7 +347,9 @@ def exchange_account_view(scope: AccountScope, account: EmailAccount | None):
         form.test_to.data = form.test_to.data or current_user.email
         state = _State(form, account)
         state.load_stored()
-        return _render_form(scope, state)
+        return _render_form(
+            scope, state, stamp_values=_form_data(account) if account else None
+        )
 
     form = ExchangeAccountForm(stored_secrets=stored)
     _collect_password(form)
@@ -700,6 +702,10 @@ def _save(scope: AccountScope, state: _State):
         return _invalid(
             scope, state, "The account was not saved. Correct the fields marked below."
         )
+    if account is not None:
+        stored_values = _form_data(account)
+        if concurrency.reject_if_stale(account, form, stored_values):
+            return _render_form(scope, state, stamp_values=stored_values)
 
     if form.server_mode.data == AUTODISCOVER and state.current_discovery() is None:
         ratelimits.consume_test(current_user.id, _rate_key(state))
@@ -823,7 +829,12 @@ def _server_context(scope: AccountScope, state: _State) -> dict:
     }
 
 
-def _render_form(scope: AccountScope, state: _State, outcome=None):
+def _render_form(
+    scope: AccountScope,
+    state: _State,
+    outcome=None,
+    stamp_values: dict | None = None,
+):
     account = state.account
     form = state.form
     sealed_password = ""
@@ -843,6 +854,7 @@ def _render_form(scope: AccountScope, state: _State, outcome=None):
         **_server_context(scope, state),
         scope=scope,
         sealed_password=sealed_password,
+        **concurrency.form_fields(account, stamp_values),
         choose_security=scope.chooses_security(account),
         outcome=outcome,
         title=title,

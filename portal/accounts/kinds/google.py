@@ -31,7 +31,7 @@ from ...services import audit, senders, testing
 from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import Step, TransportError
-from .. import types
+from .. import concurrency, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -92,9 +92,15 @@ def google_account_view(scope: AccountScope, account: EmailAccount | None):
     values on the form, and ``save`` stores the account.
     """
     if request.method == "GET":
-        form = GoogleAccountForm(data=_initial_values(scope, account))
+        stored_values = _stored_values(account)
+        typed = _typed_before_sign_in(account)
+        form = GoogleAccountForm(data={**stored_values, **typed.get("values", {})})
         form.test_to.data = form.test_to.data or current_user.email
-        return _render_form(scope, account, form)
+        # Values typed before a sign-in keep the version they were typed against.
+        version_fields = typed.get("version_fields") or concurrency.form_fields(
+            account, stored_values
+        )
+        return _render_form(scope, account, form, version_fields=version_fields)
 
     form = GoogleAccountForm()
     action = "pick" if request.form.get("pick") else request.form.get("action", "save")
@@ -138,6 +144,11 @@ def _save(scope: AccountScope, account: EmailAccount | None, form: GoogleAccount
             "The account was not saved. Correct the fields marked below."
         )
         return _render_form(scope, account, form)
+    if account is not None:
+        stored_values = _stored_values(account)
+        if concurrency.reject_if_stale(account, form, stored_values):
+            version_fields = concurrency.form_fields(account, stored_values)
+            return _render_form(scope, account, form, version_fields=version_fields)
 
     created = account is None
     values = google.AccountValues(
@@ -359,6 +370,7 @@ def _start_sign_in(
     session[TYPED_VALUES] = {
         "account_id": account.id if account else None,
         "values": {name: form[name].data for name in KEPT_FIELDS},
+        "version_fields": concurrency.form_fields(account),
     }
     log.info(
         "Staff member %s signing in to Google for %s",
@@ -484,26 +496,31 @@ def _connected_grant(mailbox: str) -> google.PersonalGrant | None:
 # -- rendering ---------------------------------------------------------------------
 
 
-def _initial_values(scope: AccountScope, account: EmailAccount | None) -> dict:
-    values: dict = {}
-    if account is not None:
-        mailbox = account.settings.get("mailbox", account.email_address)
-        values = {
-            "mailbox": mailbox,
-            "from_address": ""
-            if account.email_address.lower() == mailbox.lower()
-            else account.email_address,
-            "read_mail": bool(account.settings.get("read")),
-            "friendly_name": account.friendly_name,
-            "description": account.description,
-            "from_name": account.from_name,
-            "enabled": account.enabled,
-        }
+def _stored_values(account: EmailAccount | None) -> dict:
+    """Return the form's values for the stored ``account``."""
+    if account is None:
+        return {}
+    mailbox = account.settings.get("mailbox", account.email_address)
+    return {
+        "mailbox": mailbox,
+        "from_address": ""
+        if account.email_address.lower() == mailbox.lower()
+        else account.email_address,
+        "read_mail": bool(account.settings.get("read")),
+        "friendly_name": account.friendly_name,
+        "description": account.description,
+        "from_name": account.from_name,
+        "enabled": account.enabled,
+    }
+
+
+def _typed_before_sign_in(account: EmailAccount | None) -> dict:
+    """Remove and return what was kept of this form before the sign-in with Google."""
     typed = session.get(TYPED_VALUES)
     if typed and typed.get("account_id") == (account.id if account else None):
         session.pop(TYPED_VALUES)
-        values.update(typed.get("values", {}))
-    return values
+        return typed
+    return {}
 
 
 def _connection_state(
@@ -530,7 +547,9 @@ def _render_form(
     form: GoogleAccountForm,
     outcome=None,
     search: dict | None = None,
+    version_fields: dict | None = None,
 ):
+    """Render the form. ``version_fields`` replace the hidden version fields of the request."""
     if account is None:
         title = "New Google account"
         action_url = scope.url("create_account", type_key=google.KIND)
@@ -550,6 +569,7 @@ def _render_form(
         **_connection_state(scope, account, form),
         scope=scope,
         form=form,
+        **(version_fields or concurrency.form_fields(account)),
         mailbox_search=search,
         read_scope=google.SCOPE_READ,
         choose_security=scope.chooses_security(account),

@@ -58,9 +58,10 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
         )
         return _render_form(scope, account, form)
 
-    if account is not None and _edited_meanwhile(account, form):
-        current = account_service.form_data_from_account(account)
-        return _render_form(scope, account, form, stamp_values=current)
+    if account is not None:
+        stored_values = account_service.form_data_from_account(account)
+        if concurrency.reject_if_stale(account, form, stored_values):
+            return _render_form(scope, account, form, stamp_values=stored_values)
 
     created = account is None
     before = None if created else account_service.snapshot(account)
@@ -169,34 +170,6 @@ def _collect_typed_secrets(form: InternetAccountForm) -> None:
                 form.typed_secrets[name] = value
 
 
-def _edited_meanwhile(account: EmailAccount, form: InternetAccountForm) -> bool:
-    """Refuse a save based on an older version, naming what the other save changed."""
-    posted = request.form.get("version", "")
-    if posted == str(account.version):
-        return False
-    current = account_service.form_data_from_account(account)
-    changed = concurrency.changes_since(request.form.get("original", ""), current)
-    described = "; ".join(
-        f"{form[name].label.text}: {value if value not in ('', None) else '(empty)'}"
-        for name, value in changed.items()
-        if name in form
-    )
-    form.form_errors.append(
-        "Someone else saved this account while you were editing it, so your "
-        "changes were not saved. "
-        + (f"They changed {described}. " if described else "")
-        + "Your values are still on the form: check them and save again to "
-        "replace theirs."
-    )
-    log.info(
-        "Save of account %s refused: version %s is not %s",
-        account.id,
-        posted,
-        account.version,
-    )
-    return True
-
-
 def _render_form(
     scope: AccountScope,
     account: EmailAccount | None,
@@ -215,14 +188,6 @@ def _render_form(
     else:
         title = account.friendly_name
         action_url = scope.url("edit_account", account_id=account.id)
-    # The version and the values the form was opened with travel with it; a
-    # request that does not reload them (a test, a preset) passes them on.
-    version = str(account.version) if account is not None else ""
-    original = request.form.get("original", "")
-    if stamp_values is not None:
-        original = concurrency.stamp(stamp_values)
-    elif request.method == "POST":
-        version = request.form.get("version", version)
     context = {}
     if account is not None and scope.edit_context and not wants_fragment():
         context = scope.edit_context(account)
@@ -236,8 +201,7 @@ def _render_form(
         scope=scope,
         form=form,
         sealed=sealed,
-        version=version,
-        original=original,
+        **concurrency.form_fields(account, stamp_values),
         choose_security=scope.chooses_security(account),
         microsoft365_offer=convert_offer(scope, account),
         outcome=outcome,

@@ -24,7 +24,7 @@ from ...services import testing
 from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import TransportError
-from .. import types
+from .. import concurrency, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -36,13 +36,22 @@ PAGE_TEMPLATE = "accounts/microsoft365/_account_page.html"
 FORM_TEMPLATE = "accounts/microsoft365/_account_form.html"
 CONNECT_TEMPLATE = "accounts/microsoft365/_connect_form.html"
 RESULTS_TEMPLATE = "accounts/microsoft365/_mailbox_results.html"
+# The stored values that a rejected save names when another save changed them.
+COMPARED_FIELDS = (
+    "mailbox",
+    "send_as",
+    "friendly_name",
+    "description",
+    "from_name",
+    "enabled",
+)
 
 
 class Microsoft365AccountForm(AccountForm):
     """The mailbox (filled in by picking it), the Send as address and the shared steps."""
 
     user_id = HiddenField()
-    mailbox = HiddenField()
+    mailbox = HiddenField("Mailbox")
     display_name = HiddenField()
     user_principal_name = HiddenField()
     shared = HiddenField()
@@ -101,7 +110,14 @@ def _global_view(scope: AccountScope, account: EmailAccount | None):
         form = Microsoft365AccountForm(data=_initial(account))
         form.test_to.data = form.test_to.data or current_user.email
         search, pick_error = _search_from_query(form, account)
-        return _render_form(scope, account, form, search=search, pick_error=pick_error)
+        return _render_form(
+            scope,
+            account,
+            form,
+            search=search,
+            pick_error=pick_error,
+            stamp_values=_stored_values(account),
+        )
 
     form = Microsoft365AccountForm()
     action = request.form.get("action", "save")
@@ -117,6 +133,10 @@ def _global_view(scope: AccountScope, account: EmailAccount | None):
             "The account was not saved. Correct the fields marked below."
         )
         return _render_form(scope, account, form)
+    if account is not None:
+        stored_values = _stored_values(account)
+        if concurrency.reject_if_stale(account, form, stored_values):
+            return _render_form(scope, account, form, stamp_values=stored_values)
 
     created = account is None
     name = form.friendly_name.data
@@ -128,6 +148,8 @@ def _global_view(scope: AccountScope, account: EmailAccount | None):
     if account is None:
         account = EmailAccount(account_type=KEY, owner_id=None)
         db.session.add(account)
+    else:
+        account.version += 1
     _save_common(account, form)
     account.email_address = form.send_as.data or form.mailbox.data
     account.settings = {
@@ -153,7 +175,7 @@ def _personal_view(scope: AccountScope, account: EmailAccount | None):
             return _render_connect(scope, form)
         form = Microsoft365AccountForm(data=_initial(account))
         form.test_to.data = form.test_to.data or current_user.email
-        return _render_form(scope, account, form)
+        return _render_form(scope, account, form, stamp_values=_stored_values(account))
 
     action = request.form.get("action", "save")
     if account is None:
@@ -184,12 +206,16 @@ def _personal_view(scope: AccountScope, account: EmailAccount | None):
             "The account was not saved. Correct the fields marked below."
         )
         return _render_form(scope, account, form)
+    stored_values = _stored_values(account)
+    if concurrency.reject_if_stale(account, form, stored_values):
+        return _render_form(scope, account, form, stamp_values=stored_values)
     name = form.friendly_name.data
     if account_service.friendly_name_taken(account.owner_id, name, account.id):
         form.friendly_name.errors.append(
             f"Another account among your accounts is already named {name!r}. Choose another name."
         )
         return _render_form(scope, account, form)
+    account.version += 1
     _save_common(account, form)
     db.session.commit()
     return _saved(scope, account, created=False)
@@ -251,6 +277,11 @@ def _initial(account: EmailAccount | None) -> dict:
     }
 
 
+def _stored_values(account: EmailAccount | None) -> dict:
+    initial = _initial(account)
+    return {name: initial[name] for name in COMPARED_FIELDS if name in initial}
+
+
 def _search_from_query(form, account):
     """Run the search or the pick named in the query string (pages without htmx)."""
     pick = request.args.get("pick", "").strip()
@@ -308,7 +339,15 @@ def _run_test(scope, account, form, action: str):
     return _render_form(scope, account, form, outcome=outcome)
 
 
-def _render_form(scope, account, form, outcome=None, search=None, pick_error=None):
+def _render_form(
+    scope,
+    account,
+    form,
+    outcome=None,
+    search=None,
+    pick_error=None,
+    stamp_values: dict | None = None,
+):
     if account is None:
         title = f"New {LABEL} account"
         action_url = scope.url("create_account", type_key=KEY)
@@ -327,6 +366,7 @@ def _render_form(scope, account, form, outcome=None, search=None, pick_error=Non
         **context,
         scope=scope,
         form=form,
+        **concurrency.form_fields(account, stamp_values),
         outcome=outcome,
         mailbox_search=search,
         pick_error=pick_error,
