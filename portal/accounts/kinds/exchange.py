@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from flask import current_app, flash, redirect, render_template, request
+from flask import current_app, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 from wtforms import (
@@ -34,13 +34,12 @@ from ...extensions import db
 from ...models import EmailAccount
 from ...services import accounts as account_service
 from ...services import audit, outbound, senders, testing
-from ...services.access import Security
 from ...services.messages import build_test_message
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports import destinations, ews
 from ...transports import ews_autodiscover as autodiscover
 from ...transports.base import TransportError
-from .. import concurrency, types
+from .. import concurrency, pages, types
 from ..forms import AccountForm, header_value, normalised_by
 from ..scope import AccountScope
 
@@ -731,20 +730,7 @@ def _save(scope: AccountScope, state: _State):
     account_service.record_saved(account, before, changed)
     db.session.commit()
 
-    log.info(
-        "Exchange account %s %s by staff member %s",
-        account.id,
-        "created" if created else "updated",
-        current_user.id,
-    )
-    flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
-    if created and account.security == Security.PERMISSIONS and not account.is_personal:
-        flash(
-            "Now choose the skillgroups, roles and staff members who may use it.",
-            "info",
-        )
-        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
-    return redirect(scope.url("list_accounts"))
+    return pages.saved_response(scope, account, created)
 
 
 def _store(
@@ -840,25 +826,24 @@ def _render_form(
     sealed_password = ""
     if form.typed_secrets.get(PASSWORD):
         sealed_password = crypto.seal(form.typed_secrets[PASSWORD], current_user.id)
-    title = f"New {LABEL} account" if account is None else account.friendly_name
-    context = {}
-    if account is not None and scope.edit_context and not wants_fragment():
-        context = scope.edit_context(account)
-    context["account"] = account
+    # Both name the same action_url; the server panel's context also serves
+    # the fragments that replace that panel alone.
+    context = {
+        **pages.page_context(scope, account, EXCHANGE, LABEL),
+        **_server_context(scope, state),
+    }
     return render_page_or_fragment(
         "accounts/edit_account.html",
         FORM_TEMPLATE,
         form_template=FORM_TEMPLATE,
         type_label=LABEL,
         **context,
-        **_server_context(scope, state),
         scope=scope,
         sealed_password=sealed_password,
         **concurrency.form_fields(account, stamp_values),
         choose_security=scope.chooses_security(account),
         outcome=outcome,
-        title=title,
-        breadcrumbs=scope.breadcrumbs((title, None)),
+        breadcrumbs=scope.breadcrumbs((context["title"], None)),
     )
 
 

@@ -28,10 +28,9 @@ from ...integrations import google
 from ...models import EmailAccount
 from ...services import accounts as account_service
 from ...services import audit, senders, testing
-from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import Step, TransportError
-from .. import concurrency, types
+from .. import concurrency, pages, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -174,20 +173,7 @@ def _save(scope: AccountScope, account: EmailAccount | None, form: GoogleAccount
     db.session.commit()
     session.pop(CONNECTED_GRANT, None)
 
-    log.info(
-        "Google account %s %s by staff member %s",
-        account.id,
-        "created" if created else "updated",
-        current_user.id,
-    )
-    flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
-    if created and account.security == Security.PERMISSIONS and not account.is_personal:
-        flash(
-            "Now choose the skillgroups, roles and staff members who may use it.",
-            "info",
-        )
-        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
-    return redirect(scope.url("list_accounts"))
+    return pages.saved_response(scope, account, created)
 
 
 def _personal_grant_for_save(account: EmailAccount | None, form: GoogleAccountForm):
@@ -550,16 +536,7 @@ def _render_form(
     version_fields: dict | None = None,
 ):
     """Render the form. ``version_fields`` replace the hidden version fields of the request."""
-    if account is None:
-        title = "New Google account"
-        action_url = scope.url("create_account", type_key=google.KIND)
-    else:
-        title = account.friendly_name
-        action_url = scope.url("edit_account", account_id=account.id)
-    context = {}
-    if account is not None and scope.edit_context and not wants_fragment():
-        context = scope.edit_context(account)
-    context["account"] = account
+    context = pages.page_context(scope, account, google.KIND, "Google")
     return render_page_or_fragment(
         "accounts/edit_account.html",
         FORM_TEMPLATE,
@@ -574,9 +551,7 @@ def _render_form(
         read_scope=google.SCOPE_READ,
         choose_security=scope.chooses_security(account),
         outcome=outcome,
-        title=title,
-        action_url=action_url,
-        breadcrumbs=scope.breadcrumbs((title, None)),
+        breadcrumbs=scope.breadcrumbs((context["title"], None)),
     )
 
 

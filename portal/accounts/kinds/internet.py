@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import current_app, flash, redirect, render_template, request
+from flask import current_app, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 
@@ -11,10 +11,9 @@ from ...extensions import db
 from ...models import EmailAccount
 from ...services import accounts as account_service
 from ...services import outbound, testing
-from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports import destinations
-from .. import concurrency, types
+from .. import concurrency, pages, types
 from ..forms import InternetAccountForm
 from ..scope import AccountScope
 from .microsoft365 import convert_offer
@@ -23,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SECRET_FIELDS = ("smtp_password", "read_password")
 FORM_TEMPLATE = "accounts/_account_form.html"
+TYPE_LABEL = "Internet (SMTP/IMAP)"
 
 
 def internet_account_view(scope: AccountScope, account: EmailAccount | None):
@@ -78,20 +78,7 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
     account_service.record_saved(account, before, form.typed_secrets)
     db.session.commit()
 
-    log.info(
-        "Account %s %s by staff member %s",
-        account.id,
-        "created" if created else "updated",
-        current_user.id,
-    )
-    flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
-    if created and account.security == Security.PERMISSIONS and not account.is_personal:
-        flash(
-            "Now choose the skillgroups, roles and staff members who may use it.",
-            "info",
-        )
-        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
-    return redirect(scope.url("list_accounts"))
+    return pages.saved_response(scope, account, created)
 
 
 def _run_test(
@@ -182,21 +169,12 @@ def _render_form(
         for name, value in form.typed_secrets.items()
         if value
     }
-    if account is None:
-        title = "New Internet (SMTP/IMAP) account"
-        action_url = scope.url("create_account", type_key=account_service.INTERNET)
-    else:
-        title = account.friendly_name
-        action_url = scope.url("edit_account", account_id=account.id)
-    context = {}
-    if account is not None and scope.edit_context and not wants_fragment():
-        context = scope.edit_context(account)
-    context["account"] = account
+    context = pages.page_context(scope, account, account_service.INTERNET, TYPE_LABEL)
     return render_page_or_fragment(
         "accounts/edit_account.html",
         FORM_TEMPLATE,
         form_template=FORM_TEMPLATE,
-        type_label="Internet (SMTP/IMAP)",
+        type_label=TYPE_LABEL,
         **context,
         scope=scope,
         form=form,
@@ -205,9 +183,7 @@ def _render_form(
         choose_security=scope.chooses_security(account),
         microsoft365_offer=convert_offer(scope, account),
         outcome=outcome,
-        title=title,
-        action_url=action_url,
-        breadcrumbs=scope.breadcrumbs((title, None)),
+        breadcrumbs=scope.breadcrumbs((context["title"], None)),
     )
 
 
@@ -221,7 +197,7 @@ def _summary(account: EmailAccount) -> str:
 types.register(
     types.AccountType(
         key=account_service.INTERNET,
-        label="Internet (SMTP/IMAP)",
+        label=TYPE_LABEL,
         description=(
             "Any mail server that accepts SMTP for sending, and optionally IMAP "
             "or POP3 for reading. Ready-made settings are available for Gmail, "

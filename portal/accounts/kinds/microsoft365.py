@@ -21,10 +21,9 @@ from ...integrations import microsoft_mailboxes as mailboxes
 from ...models import EmailAccount
 from ...services import accounts as account_service
 from ...services import testing
-from ...services.access import Security
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import TransportError
-from .. import concurrency, types
+from .. import concurrency, pages, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -165,7 +164,7 @@ def _global_view(scope: AccountScope, account: EmailAccount | None):
     if scope.chooses_security(account if not created else None):
         account.security = form.security.data
     db.session.commit()
-    return _saved(scope, account, created)
+    return pages.saved_response(scope, account, created)
 
 
 def _personal_view(scope: AccountScope, account: EmailAccount | None):
@@ -218,7 +217,7 @@ def _personal_view(scope: AccountScope, account: EmailAccount | None):
     account.version += 1
     _save_common(account, form)
     db.session.commit()
-    return _saved(scope, account, created=False)
+    return pages.saved_response(scope, account, created=False)
 
 
 def _start_sign_in(scope, purpose: str, address: str, account_id: int | None = None):
@@ -240,23 +239,6 @@ def _save_common(account: EmailAccount, form) -> None:
     account.description = form.description.data or ""
     account.from_name = form.from_name.data or ""
     account.enabled = bool(form.enabled.data)
-
-
-def _saved(scope: AccountScope, account: EmailAccount, created: bool):
-    log.info(
-        "Account %s %s by staff member %s",
-        account.id,
-        "created" if created else "updated",
-        current_user.id,
-    )
-    flash(f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success")
-    if created and account.security == Security.PERMISSIONS:
-        flash(
-            "Now choose the skillgroups, roles and staff members who may use it.",
-            "info",
-        )
-        return redirect(scope.url("edit_account", account_id=account.id) + "#access")
-    return redirect(scope.url("list_accounts"))
 
 
 def _initial(account: EmailAccount | None) -> dict:
@@ -348,16 +330,7 @@ def _render_form(
     pick_error=None,
     stamp_values: dict | None = None,
 ):
-    if account is None:
-        title = f"New {LABEL} account"
-        action_url = scope.url("create_account", type_key=KEY)
-    else:
-        title = account.friendly_name
-        action_url = scope.url("edit_account", account_id=account.id)
-    context = {}
-    if account is not None and scope.edit_context and not wants_fragment():
-        context = scope.edit_context(account)
-    context["account"] = account
+    context = pages.page_context(scope, account, KEY, LABEL)
     return render_page_or_fragment(
         "accounts/edit_account.html",
         FORM_TEMPLATE,
@@ -379,10 +352,8 @@ def _render_form(
         reconnect_needed=account is not None and mailboxes.reconnect_needed(account),
         choose_security=scope.chooses_security(account),
         can_read=not scope.personal,
-        title=title,
-        action_url=action_url,
-        page_url=action_url,
-        breadcrumbs=scope.breadcrumbs((title, None)),
+        page_url=context["action_url"],
+        breadcrumbs=scope.breadcrumbs((context["title"], None)),
     )
 
 
