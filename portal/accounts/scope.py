@@ -1,4 +1,4 @@
-"""Who owns the accounts a blueprint shows, and who may reach its pages."""
+"""The ownership and access rules of the accounts a blueprint shows."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ class AccountScope:
     edit_context: Callable[[EmailAccount], dict] | None = None
 
     def owner_id(self) -> int | None:
-        """The owner of accounts created here: the staff member, or None for global."""
+        """Return the owner of accounts created here: the staff member, or None for global."""
         return current_user.id if self.personal else None
 
     def get_account(self, account_id: int) -> EmailAccount:
@@ -44,13 +44,13 @@ class AccountScope:
         return account
 
     def may_create(self) -> bool:
-        """Whether new accounts may be created here right now."""
+        """Return whether new accounts may be created here right now."""
         if self.personal:
             return personal_accounts_allowed()
         return True
 
     def chooses_security(self, account: EmailAccount | None) -> bool:
-        """Whether the account form shows Security: only when creating a global account.
+        """Return whether the account form shows Security: only when creating a global account.
 
         An existing global account's security changes in its access panel,
         which saves at once and updates the preview beside it.

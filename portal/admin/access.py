@@ -1,4 +1,4 @@
-"""Who may use a global account: security, permissions, and the access previews."""
+"""Pages for the use of global accounts: security, permissions and access previews."""
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
@@ -38,7 +38,7 @@ def access_panel_context(account: EmailAccount, search: str = "") -> dict:
 
 
 def _panel_response(account: EmailAccount, error: str = ""):
-    """The access panel for htmx, or back to the account page without JavaScript."""
+    """Return the access panel for htmx, or redirect to the account page without JavaScript."""
     if wants_fragment():
         return render_template(
             "admin/_account_access.html", error=error, **access_panel_context(account)
@@ -139,7 +139,7 @@ def _account_crumbs(account: EmailAccount, label: str):
 @bp.get("/staff-access")
 @admin_required
 def staff_access():
-    """The reverse view: which accounts one staff member may send from, and why."""
+    """Show which accounts one staff member may send from, and why."""
     text = request.args.get("q", "")[:100].strip()
     staff_id = request.args.get("staff_id", "")
     matches = []
@@ -208,7 +208,7 @@ def personal_accounts_setting():
 @bp.get("/personal-accounts")
 @admin_required
 def list_personal_accounts():
-    """Every staff member's personal accounts, for an overview; they are used by their owners only."""
+    """List every staff member's personal accounts, as an overview. Only their owners use them."""
     rows = db.session.execute(
         select(EmailAccount, StaffMember)
         .join(StaffMember, StaffMember.id == EmailAccount.owner_id)

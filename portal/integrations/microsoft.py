@@ -600,7 +600,12 @@ def expiry_notice(
     if days > 30:
         return None
     when = {0: "today", 1: "tomorrow"}.get(days, f"in {days} days")
-    level = "error" if days <= 1 else "warning" if days <= 7 else "info"
+    if days <= 1:
+        level = "error"
+    elif days <= 7:
+        level = "warning"
+    else:
+        level = "info"
     return ExpiryNotice(
         level,
         f"The Microsoft 365 client secret expires {when} ({expires.isoformat()}). "

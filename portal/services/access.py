@@ -1,6 +1,6 @@
 """Who and what may use an email account: the one place that decides it.
 
-Every page, drop-down, send path and module asks this module. The rule:
+Every page, drop-down, send path and module calls this module. The rule:
 
 ============================  ==========================  ==============
 security                      staff                       modules
@@ -124,7 +124,7 @@ def granted_account_ids(staff_id: int) -> Select:
 
 
 def usable_condition(principal: Principal) -> ColumnElement[bool]:
-    """The SQL condition on ``EmailAccount`` that the rule above states."""
+    """Return the SQL condition on ``EmailAccount`` that the rule above states."""
     if isinstance(principal, ModulePrincipal):
         return and_(
             EmailAccount.enabled == true(),
@@ -178,7 +178,7 @@ def usable_accounts_query(principal: Principal) -> Select:
 
 
 def usable_accounts(principal: Principal) -> list[Row]:
-    """Every account the principal may use, ordered by friendly name (one query).
+    """Return every account the principal may use, ordered by friendly name (one query).
 
     Each row has the attributes named in ``CHOICE_COLUMNS``. The statement
     runs on the session's connection as plain Core SQL, which skips the ORM's
@@ -199,7 +199,7 @@ def may_use(principal: Principal, account_id: int) -> bool:
 
 
 def staff_access_condition(account: EmailAccount) -> ColumnElement[bool]:
-    """The condition on ``StaffMember`` for staff who may use ``account``."""
+    """Return the condition on ``StaffMember`` for staff who may use ``account``."""
     if not account.enabled:
         return false()
     if account.owner_id is not None:
@@ -276,7 +276,7 @@ class AccountAccess:
 
 
 def explain_access(staff_id: int) -> list[AccountAccess]:
-    """The accounts a staff member may use, each with the grants that allow it.
+    """Return the accounts a staff member may use, each with the grants that allow it.
 
     Two queries: the usable accounts, and the grants that apply to the staff member.
     """

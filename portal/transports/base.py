@@ -42,7 +42,7 @@ class CertificateInfo:
 
 @dataclass(frozen=True)
 class ServerEndpoint:
-    """Where and how to connect; shared by the SMTP and read settings."""
+    """The server address and security settings shared by SMTP and read settings."""
 
     host: str  # ASCII (IDNA) form
     port: int

@@ -3,9 +3,9 @@
 Every transport that connects to a host a person typed resolves the name,
 passes each address to ``check`` and connects to that same address, so a name
 cannot resolve to one address for the check and another for the connection.
-Link-local and cloud metadata addresses are always refused; anything more is
-decided by the guard that the caller installs with ``guarded`` (the portal's
-outbound connection policy).
+Link-local and cloud metadata addresses are always rejected. Anything more is
+decided by the guard that the caller installs with ``guarded``, which is the
+portal's outbound connection policy.
 """
 
 import ipaddress

@@ -743,7 +743,7 @@ def _envelope_address(address: Address, step: Step) -> str:
 
 
 def _raw_envelope(sender: str, recipients: Sequence[str]) -> Envelope:
-    """The envelope of a stored message, whose addresses are already checked."""
+    """Return the envelope of a stored message, whose addresses are already checked."""
     addresses = [sender, *recipients]
     return Envelope(
         sender=sender,

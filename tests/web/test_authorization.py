@@ -1,4 +1,4 @@
-"""Every route, requested as each kind of visitor, gets the intended answer.
+"""Every route, requested as each kind of visitor, gets the intended response.
 
 ENDPOINT_POLICY names the rule of every endpoint in the app's URL map; an
 endpoint missing from it fails the suite, so each new route needs a decision.
@@ -19,7 +19,7 @@ SIGNED_IN = "signed in"  # any signed-in staff member
 OWNER = "owner"  # only the staff member who owns the personal account
 ADMIN = "admin"  # administrators only
 SENDER = "sender"  # the staff member who queued the message, or an administrator
-SIGN_OUT = "sign out"  # anyone; the answer is always the sign-in page
+SIGN_OUT = "sign out"  # anyone, and the response is always the sign-in page
 
 ENDPOINT_POLICY = {
     "static": PUBLIC,
@@ -104,10 +104,30 @@ VISITORS = ("anonymous", "alice", "bob", "root")
 # "sign-in" (sent to sign in), "forbidden" (403) or "hidden" (404).
 EXPECTED = {
     PUBLIC: dict.fromkeys(VISITORS, "allowed"),
-    SIGNED_IN: {"anonymous": "sign-in", "alice": "allowed", "bob": "allowed", "root": "allowed"},
-    OWNER: {"anonymous": "sign-in", "alice": "allowed", "bob": "hidden", "root": "hidden"},
-    ADMIN: {"anonymous": "sign-in", "alice": "forbidden", "bob": "forbidden", "root": "allowed"},
-    SENDER: {"anonymous": "sign-in", "alice": "allowed", "bob": "hidden", "root": "allowed"},
+    SIGNED_IN: {
+        "anonymous": "sign-in",
+        "alice": "allowed",
+        "bob": "allowed",
+        "root": "allowed",
+    },
+    OWNER: {
+        "anonymous": "sign-in",
+        "alice": "allowed",
+        "bob": "hidden",
+        "root": "hidden",
+    },
+    ADMIN: {
+        "anonymous": "sign-in",
+        "alice": "forbidden",
+        "bob": "forbidden",
+        "root": "allowed",
+    },
+    SENDER: {
+        "anonymous": "sign-in",
+        "alice": "allowed",
+        "bob": "hidden",
+        "root": "allowed",
+    },
     SIGN_OUT: dict.fromkeys(VISITORS, "sign-in"),
 }
 
@@ -139,7 +159,9 @@ def world(app) -> World:
         sending.Draft(to=["someone@example.com"], subject="Hello", body="Hi"),
     )
     message.status = "failed"
-    template = EmailTemplate(name="Welcome", subject="Hello {{ name }}", body="Hi {{ name }}")
+    template = EmailTemplate(
+        name="Welcome", subject="Hello {{ name }}", body="Hi {{ name }}"
+    )
     db.session.add(template)
     db.session.commit()
     common = {
@@ -183,8 +205,12 @@ def outcome(response) -> str:
 
 def test_every_endpoint_has_a_policy(app):
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
-    assert endpoints - ENDPOINT_POLICY.keys() == set(), "routes without an authorization decision"
-    assert ENDPOINT_POLICY.keys() - endpoints == set(), "policies for routes that no longer exist"
+    assert endpoints - ENDPOINT_POLICY.keys() == set(), (
+        "routes without an authorization decision"
+    )
+    assert ENDPOINT_POLICY.keys() - endpoints == set(), (
+        "policies for routes that no longer exist"
+    )
 
 
 @pytest.mark.parametrize(("endpoint", "visitor", "policy"), list(cases()))
@@ -205,7 +231,9 @@ def test_endpoint_authorization(app, client, world, endpoint, visitor, policy):
             response = client.open(url, method=method)
             result = outcome(response)
             response.close()
-            assert result == expected, f"{method} {url} as {visitor}: {response.status_code}"
+            assert result == expected, (
+                f"{method} {url} as {visitor}: {response.status_code}"
+            )
 
 
 CSRF_MESSAGE = "The form had expired or was sent from another site."
