@@ -394,7 +394,9 @@ class AuditEvent(db.Model):
     __tablename__ = "audit_event"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     staff_id: Mapped[int | None] = mapped_column(
         ForeignKey("staff_member.id", ondelete="SET NULL"), index=True
     )

@@ -17,7 +17,9 @@ from wtforms import (
 from wtforms.validators import ValidationError
 
 from .. import presets, validation
+from ..integrations import mail_oauth
 from ..services.access import SECURITY_HELP, SECURITY_LABELS, Security
+from ..services.accounts import AUTH_NONE, AUTH_PASSWORD, oauth_provider
 
 SECURITY_CHOICES = [
     SelectChoice("starttls", "STARTTLS"),
@@ -25,8 +27,14 @@ SECURITY_CHOICES = [
     SelectChoice("none", "None (unencrypted)"),
 ]
 AUTH_CHOICES = [
-    SelectChoice("password", "User name and password"),
-    SelectChoice("none", "None"),
+    SelectChoice(AUTH_PASSWORD, "User name and password"),
+    SelectChoice(
+        mail_oauth.auth_choice(mail_oauth.GOOGLE), "OAuth2: sign in with Google"
+    ),
+    SelectChoice(
+        mail_oauth.auth_choice(mail_oauth.MICROSOFT), "OAuth2: sign in with Microsoft"
+    ),
+    SelectChoice(AUTH_NONE, "None"),
 ]
 READ_PROTOCOL_CHOICES = [
     SelectChoice("", "Do not read mail"),
@@ -188,7 +196,7 @@ class InternetAccountForm(AccountForm):
         names = SERVER_FIELDS + (READ_FIELDS if include_read else ())
         ok = self._run_validators(names)
         ok = self._check_required_server_fields(include_read) and ok
-        self._collect_warnings()
+        self.collect_warnings()
         return ok
 
     def validate_read_settings(self) -> bool:
@@ -225,7 +233,20 @@ class InternetAccountForm(AccountForm):
         ok = self._require(self.email_address, "Enter the account's email address.")
         ok = self._require(self.smtp_host, "Enter the SMTP server's host name.") and ok
         ok = self._require(self.smtp_port, "Enter the SMTP port, usually 587.") and ok
-        if self.smtp_auth.data == "password":
+        provider = self.oauth_provider
+        if provider:
+            ok = (
+                self._require(
+                    self.smtp_username,
+                    "Enter the address to sign in as, usually the email address.",
+                )
+                and ok
+            )
+            problem = mail_oauth.setup_problem(provider)
+            if problem:
+                self.smtp_auth.errors.append(problem)
+                ok = False
+        if self.smtp_auth.data == AUTH_PASSWORD:
             ok = (
                 self._require(
                     self.smtp_username, "Enter the user name to sign in with."
@@ -249,6 +270,14 @@ class InternetAccountForm(AccountForm):
             self._require(self.read_port, "Enter the incoming mail server's port.")
             and ok
         )
+        if self.oauth_provider:
+            if self.read_protocol.data != "imap":
+                self.read_protocol.errors.append(
+                    "OAuth2 sign-in reads mail over IMAP. Choose IMAP."
+                )
+                return False
+            # IMAP signs in with the same OAuth2 sign-in as SMTP.
+            return ok
         ok = (
             self._require(self.read_username, "Enter the user name to sign in with.")
             and ok
@@ -258,7 +287,8 @@ class InternetAccountForm(AccountForm):
             ok = False
         return ok
 
-    def _collect_warnings(self) -> None:
+    def collect_warnings(self) -> None:
+        """Note settings that are allowed but likely wrong, shown beside their fields."""
         pairs = [("smtp_port", "smtp_security", "smtp")]
         if self.read_protocol.data:
             pairs.append(("read_port", "read_security", self.read_protocol.data))
@@ -275,20 +305,33 @@ class InternetAccountForm(AccountForm):
                     continue
                 if warning:
                     self.warnings[port_name] = warning
+        provider = self.oauth_provider
         for host_name in ("smtp_host", "read_host"):
             host = self[host_name].data
-            if isinstance(host, str) and host and presets.is_microsoft365_host(host):
+            if not isinstance(host, str) or not host:
+                continue
+            if provider:
+                warning = mail_oauth.host_warning(provider, host)
+                if warning:
+                    self.warnings[host_name] = warning
+            elif presets.is_microsoft365_host(host):
                 self.warnings[host_name] = (
                     "This host belongs to Microsoft 365, which refuses password "
                     "sign-in for SMTP, IMAP and POP, so signing in with a "
-                    "password is expected to fail (SMTP answers 535 5.7.139)."
+                    "password is expected to fail (SMTP answers 535 5.7.139). "
+                    "Choose OAuth2: sign in with Microsoft."
                 )
-        if self.smtp_auth.data == "password" and self.smtp_security.data == "none":
+        if self.smtp_auth.data != AUTH_NONE and self.smtp_security.data == "none":
             self.warnings["smtp_security"] = (
-                "Without encryption the password crosses the network in clear "
-                "text. Choose STARTTLS or SSL/TLS unless the server is on a "
+                "Without encryption the password or token crosses the network in "
+                "clear text. Choose STARTTLS or SSL/TLS unless the server is on a "
                 "trusted network."
             )
+
+    @property
+    def oauth_provider(self) -> str | None:
+        """Return "google" or "microsoft" when the form signs in with OAuth2."""
+        return oauth_provider(self.smtp_auth.data)
 
     # -- secrets ------------------------------------------------------------
 
@@ -308,7 +351,10 @@ class InternetAccountForm(AccountForm):
         self.smtp_host.data = preset.smtp.host
         self.smtp_port.data = str(preset.smtp.port)
         self.smtp_security.data = str(preset.smtp.security)
-        self.smtp_auth.data = "password" if preset.smtp_auth_required else "none"
+        if not preset.smtp_auth_required:
+            self.smtp_auth.data = AUTH_NONE
+        elif not self.oauth_provider:
+            self.smtp_auth.data = AUTH_PASSWORD
 
         servers = {"imap": preset.imap, "pop3": preset.pop3}
         protocol = self.read_protocol.data

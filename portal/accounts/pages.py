@@ -3,7 +3,7 @@ the response after a save."""
 
 import logging
 
-from flask import flash, redirect
+from flask import current_app, flash, redirect, url_for
 from flask_login import current_user
 
 from ..models import EmailAccount
@@ -50,3 +50,15 @@ def saved_response(scope: AccountScope, account: EmailAccount, created: bool):
         )
         return redirect(scope.url("edit_account", account_id=account.id) + "#access")
     return redirect(scope.url("list_accounts"))
+
+
+def external_url(endpoint: str, **values) -> str:
+    """Return the absolute URL of ``endpoint``, such as a sign-in redirect URI.
+
+    PUBLIC_URL wins when set, because behind a proxy the request's own host
+    may not be the address registered with Microsoft or Google.
+    """
+    public = current_app.config.get("PUBLIC_URL", "")
+    if public:
+        return public + url_for(endpoint, **values)
+    return url_for(endpoint, _external=True, **values)

@@ -9,7 +9,7 @@ from wtforms import DateField, PasswordField, SelectChoice, SelectField, StringF
 from wtforms.validators import Optional, ValidationError
 
 from .. import validation
-from ..accounts.kinds.microsoft365 import external_url
+from ..accounts.pages import external_url
 from ..auth.session import admin_required
 from ..extensions import db
 from ..integrations import microsoft

@@ -1295,17 +1295,6 @@ def check_from_address(access: MailboxAccess, from_address: str) -> None:
     )
 
 
-def _failed_outcome(kind: str, error: TransportError) -> TestOutcome:
-    return TestOutcome(
-        kind=kind,
-        ok=False,
-        summary=error.summary,
-        advice=error.advice,
-        reply=error.reply,
-        step=str(error.step),
-    )
-
-
 def run_send_test(
     access: MailboxAccess,
     *,
@@ -1347,7 +1336,7 @@ def run_send_test(
             error.step,
             error.summary,
         )
-        return _failed_outcome(testing.SEND, error)
+        return testing.failed_outcome(testing.SEND, error)
     return TestOutcome(
         kind=testing.SEND,
         ok=True,
@@ -1379,7 +1368,7 @@ def run_read_test(
             error.step,
             error.summary,
         )
-        return _failed_outcome(testing.READ, error)
+        return testing.failed_outcome(testing.READ, error)
     finally:
         if client is not None:
             client.close()

@@ -52,10 +52,13 @@ class Cloud:
     label: str
     login_url: str
     graph_url: str  # also the resource identifier in Graph scopes
+    # The resource of SMTP and IMAP OAuth2 scopes, such as SMTP.Send.
+    outlook_resource: str
 
 
 # The sign-in and Graph root endpoints of each cloud, from Microsoft Graph's
-# "national cloud deployments" page.
+# "national cloud deployments" page, and the Exchange Online resource whose
+# scopes SMTP and IMAP sign-in with OAuth2 need.
 CLOUDS = {
     cloud.key: cloud
     for cloud in (
@@ -64,18 +67,21 @@ CLOUDS = {
             "Global (Microsoft 365)",
             "https://login.microsoftonline.com",
             "https://graph.microsoft.com",
+            "https://outlook.office.com",
         ),
         Cloud(
             "usgov",
             "US Government (GCC High)",
             "https://login.microsoftonline.us",
             "https://graph.microsoft.us",
+            "https://outlook.office365.us",
         ),
         Cloud(
             "china",
             "China (operated by 21Vianet)",
             "https://login.chinacloudapi.cn",
             "https://microsoftgraph.chinacloudapi.cn",
+            "https://partner.outlook.cn",
         ),
     )
 }

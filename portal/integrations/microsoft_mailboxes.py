@@ -139,13 +139,13 @@ def delegated_token_provider(account: EmailAccount):
             token = refresh_user_token(oauth, refresh_token, scope)
         except SignInFailed as failure:
             if failure.grant_lost:
-                _mark_reconnect_needed(app, account_id, failure.summary)
+                mark_reconnect_needed(app, account_id, failure.summary)
                 raise _reconnect_error(None, failure.summary, failure.reply) from None
             raise
 
         rotated = token.get("refresh_token")
         if rotated and rotated != refresh_token:
-            _store_refresh_token(app, account_id, rotated)
+            store_refresh_token(app, account_id, rotated)
         return token["access_token"], float(token.get("expires_in") or 3600)
 
     def provide(stale: str | None = None) -> str:
@@ -154,7 +154,7 @@ def delegated_token_provider(account: EmailAccount):
     return provide
 
 
-def _store_refresh_token(app, account_id: int, refresh_token: str) -> None:
+def store_refresh_token(app, account_id: int, refresh_token: str) -> None:
     with app.app_context():
         row = db.session.get(EmailAccount, account_id)
         if row is None:
@@ -164,7 +164,7 @@ def _store_refresh_token(app, account_id: int, refresh_token: str) -> None:
     log.info("Stored the rotated refresh token of account %s", account_id)
 
 
-def _mark_reconnect_needed(app, account_id: int, reason: str) -> None:
+def mark_reconnect_needed(app, account_id: int, reason: str) -> None:
     with app.app_context():
         row = db.session.get(EmailAccount, account_id)
         if row is None:
@@ -228,7 +228,7 @@ def run_send_test(
             account.id if account else None,
             error.summary,
         )
-        return _failure(testing.SEND, error)
+        return testing.failed_outcome(testing.SEND, error)
     return testing.TestOutcome(
         kind=testing.SEND,
         ok=True,
@@ -256,7 +256,7 @@ def run_read_test(
             account.id if account else None,
             error.summary,
         )
-        return _failure(testing.READ, error)
+        return testing.failed_outcome(testing.READ, error)
     noun = "message" if count.total == 1 else "messages"
     return testing.TestOutcome(
         kind=testing.READ,
@@ -284,17 +284,6 @@ def _client_for_form(
         label=f"account {account.id}" if account else "a new account",
     )
     return client, Mailbox.of_user(settings["user_id"], settings["mailbox"])
-
-
-def _failure(kind: str, error: TransportError) -> testing.TestOutcome:
-    return testing.TestOutcome(
-        kind=kind,
-        ok=False,
-        summary=error.summary,
-        advice=error.advice,
-        reply=error.reply,
-        step=str(error.step),
-    )
 
 
 # -- personal sign-in ---------------------------------------------------------

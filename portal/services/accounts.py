@@ -16,6 +16,21 @@ log = logging.getLogger(__name__)
 INTERNET = "internet"
 SECRET_NAMES = ("smtp_password", "read_password")
 
+# Authentication choices of an Internet account. "oauth2-google" and
+# "oauth2-microsoft" sign in to SMTP and IMAP with SASL XOAUTH2, using an
+# access token from the refresh token of a Google or Microsoft sign-in.
+AUTH_PASSWORD = "password"  # noqa: S105 (a choice's name, not a password)
+AUTH_NONE = "none"
+OAUTH_PREFIX = "oauth2-"
+OAUTH_REFRESH_TOKEN = "refresh_token"  # noqa: S105 (the name of the stored secret)
+
+
+def oauth_provider(auth: str | None) -> str | None:
+    """Return "google" or "microsoft" for an OAuth2 choice, else None."""
+    if isinstance(auth, str) and auth.startswith(OAUTH_PREFIX):
+        return auth.removeprefix(OAUTH_PREFIX)
+    return None
+
 
 class AccountError(ValueError):
     """A change to an account was rejected; the message says why."""
@@ -104,7 +119,7 @@ def settings_from_form(form) -> dict:
             "security": form.smtp_security.data,
             "auth": form.smtp_auth.data,
             "username": form.smtp_username.data
-            if form.smtp_auth.data == "password"
+            if form.smtp_auth.data != AUTH_NONE
             else "",
         },
         "read": None,
@@ -116,7 +131,9 @@ def settings_from_form(form) -> dict:
             "host": form.read_host.data,
             "port": int(form.read_port.data),
             "security": form.read_security.data,
-            "username": form.read_username.data,
+            "username": form.smtp_username.data
+            if oauth_provider(form.smtp_auth.data)
+            else form.read_username.data,
             "folder": (form.read_folder.data or "INBOX")
             if form.read_protocol.data == "imap"
             else "",
@@ -154,33 +171,71 @@ def save_internet_account(
     account.email_address = form.email_address.data
     account.from_name = form.from_name.data or ""
     account.enabled = bool(form.enabled.data)
+    previous = account.settings or {}
     account.settings = settings_from_form(form)
     if security is not None:
         account.security = security
 
-    if form.smtp_auth.data != "password":
+    if form.smtp_auth.data != AUTH_PASSWORD:
         set_secret(account, "smtp_password", None)
     elif form.typed_secrets.get("smtp_password"):
         set_secret(account, "smtp_password", form.typed_secrets["smtp_password"])
-    if not form.read_protocol.data:
+    _keep_or_drop_sign_in(account, previous, form)
+    if not form.read_protocol.data or oauth_provider(form.smtp_auth.data):
         set_secret(account, "read_password", None)
     elif form.typed_secrets.get("read_password"):
         set_secret(account, "read_password", form.typed_secrets["read_password"])
     return account
 
 
+def _keep_or_drop_sign_in(account: EmailAccount, previous: dict, form) -> None:
+    """Keep an OAuth2 sign-in while the provider and user name stay the same.
+
+    Any other change removes the stored refresh token, because it signs in
+    someone else, or to another provider, than the form now names.
+    """
+    provider = oauth_provider(form.smtp_auth.data)
+    link = previous.get("oauth") or {}
+    if (
+        provider
+        and link.get("provider") == provider
+        and str(link.get("identity", "")).lower() == form.smtp_username.data.lower()
+    ):
+        account.settings = {
+            **account.settings,
+            "oauth": link,
+            "reconnect_needed": bool(previous.get("reconnect_needed")),
+            "reconnect_reason": previous.get("reconnect_reason", ""),
+        }
+        return
+    if link or OAUTH_REFRESH_TOKEN in account.secret_names():
+        log.info("Account %s: the stored OAuth2 sign-in no longer applies", account.id)
+    set_secret(account, OAUTH_REFRESH_TOKEN, None)
+
+
+def oauth_identity(account: EmailAccount) -> str:
+    """Return who the account's stored OAuth2 sign-in is for, or "" without one."""
+    if OAUTH_REFRESH_TOKEN not in account.secret_names():
+        return ""
+    return str((account.settings.get("oauth") or {}).get("identity", ""))
+
+
 def smtp_settings(form, account: EmailAccount | None, timeout: float) -> SmtpSettings:
-    """Connection settings from the form's values; a blank password means the stored one."""
+    """Connection settings from the form's values; a blank password means the stored one.
+
+    For OAuth2 the access token is added by the caller (``mail_oauth``).
+    """
     password = form.typed_secrets.get("smtp_password") or (
         get_secret(account, "smtp_password") if account else ""
     )
-    use_auth = form.smtp_auth.data == "password"
+    use_auth = form.smtp_auth.data != AUTH_NONE
+    with_password = form.smtp_auth.data == AUTH_PASSWORD
     return SmtpSettings(
         host=form.smtp_host.data,
         port=int(form.smtp_port.data),
         security=Security(form.smtp_security.data),
         username=form.smtp_username.data if use_auth else "",
-        password=password if use_auth else "",
+        password=password if with_password else "",
         use_auth=use_auth,
         trusted_fingerprint=form.trusted_fingerprint.data or "",
         timeout=timeout,
@@ -190,13 +245,14 @@ def smtp_settings(form, account: EmailAccount | None, timeout: float) -> SmtpSet
 def stored_smtp_settings(account: EmailAccount, timeout: float) -> SmtpSettings:
     """Connection settings of a saved Internet account, for the delivery worker."""
     smtp = account.settings["smtp"]
-    use_auth = smtp.get("auth") == "password"
+    use_auth = smtp.get("auth", AUTH_PASSWORD) != AUTH_NONE
+    with_password = smtp.get("auth", AUTH_PASSWORD) == AUTH_PASSWORD
     return SmtpSettings(
         host=smtp["host"],
         port=int(smtp["port"]),
         security=Security(smtp["security"]),
         username=smtp.get("username", "") if use_auth else "",
-        password=get_secret(account, "smtp_password") if use_auth else "",
+        password=get_secret(account, "smtp_password") if with_password else "",
         use_auth=use_auth,
         trusted_fingerprint=account.settings.get("trusted_fingerprint", ""),
         timeout=timeout,
@@ -204,6 +260,8 @@ def stored_smtp_settings(account: EmailAccount, timeout: float) -> SmtpSettings:
 
 
 def read_settings(form, account: EmailAccount | None, timeout: float) -> ReadSettings:
+    """Read settings from the form's values; OAuth2 signs in as the SMTP user name."""
+    oauth = oauth_provider(form.smtp_auth.data) is not None
     password = form.typed_secrets.get("read_password") or (
         get_secret(account, "read_password") if account else ""
     )
@@ -211,8 +269,8 @@ def read_settings(form, account: EmailAccount | None, timeout: float) -> ReadSet
         host=form.read_host.data,
         port=int(form.read_port.data),
         security=Security(form.read_security.data),
-        username=form.read_username.data,
-        password=password,
+        username=form.smtp_username.data if oauth else form.read_username.data,
+        password="" if oauth else password,
         protocol=form.read_protocol.data,
         folder=form.read_folder.data or "INBOX",
         trusted_fingerprint=form.trusted_fingerprint.data or "",

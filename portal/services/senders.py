@@ -8,10 +8,10 @@ raises ``TransportError``.
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 from ..models import EmailAccount
-from ..transports.smtp import SmtpConnection
-from . import accounts
+from ..transports.base import TransportError
 
 SenderOpener = Callable[[EmailAccount, float], AbstractAsyncContextManager]
 
@@ -27,8 +27,20 @@ def opener_for(account: EmailAccount) -> SenderOpener:
     return _OPENERS[account.account_type]
 
 
-def _open_smtp(account: EmailAccount, timeout: float) -> SmtpConnection:
-    return SmtpConnection(accounts.stored_smtp_settings(account, timeout))
+class Unavailable:
+    """What an opener returns when it cannot prepare a connection: entering
+    raises ``error``, so each message gets it as its outcome."""
 
+    def __init__(self, error: TransportError) -> None:
+        self.error = error
 
-register(accounts.INTERNET, _open_smtp)
+    async def __aenter__(self) -> "Unavailable":
+        raise self.error
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None

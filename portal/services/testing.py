@@ -33,12 +33,15 @@ class TestOutcome:
     step: str = ""
     certificate: CertificateInfo | None = None
     folders: list[str] = field(default_factory=list)
+    # The fix is to sign in with the identity provider again (OAuth2 accounts).
+    sign_in_again: bool = False
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     __test__ = False  # not a pytest test class, despite the name
 
 
-def _failure(kind: str, error: TransportError) -> TestOutcome:
+def failed_outcome(kind: str, error: TransportError) -> TestOutcome:
+    """Return the outcome of a test that failed with ``error``."""
     return TestOutcome(
         kind=kind,
         ok=False,
@@ -47,6 +50,7 @@ def _failure(kind: str, error: TransportError) -> TestOutcome:
         reply=error.reply,
         step=str(error.step),
         certificate=error.certificate,
+        sign_in_again=error.sign_in_again,
     )
 
 
@@ -81,7 +85,7 @@ def run_send_test(
             error.step,
             error.summary,
         )
-        return _failure(SEND, error)
+        return failed_outcome(SEND, error)
     return TestOutcome(
         kind=SEND,
         ok=True,
@@ -115,7 +119,7 @@ def run_read_test(
             error.step,
             error.summary,
         )
-        return _failure(READ, error)
+        return failed_outcome(READ, error)
 
     count = result.message_count
     noun = "message" if count == 1 else "messages"

@@ -53,6 +53,9 @@ class ServerEndpoint:
     # the system's certificate authorities; empty means normal verification.
     trusted_fingerprint: str = ""
     timeout: float = 15.0
+    # An OAuth2 access token: when set, sign-in uses SASL XOAUTH2 with
+    # ``username`` and this token instead of the password.
+    oauth_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class TransportError(Exception):
         reply: str = "",
         temporary: bool = False,
         certificate: CertificateInfo | None = None,
+        sign_in_again: bool = False,
     ) -> None:
         super().__init__(summary)
         self.step = step
@@ -107,23 +111,42 @@ class TransportError(Exception):
         self.reply = reply
         self.temporary = temporary
         self.certificate = certificate
+        # True when signing in to the identity provider again is the fix,
+        # because the stored OAuth2 grant was revoked or lacks a permission.
+        self.sign_in_again = sign_in_again
 
 
-def hide_secret(error: TransportError, username: str, password: str) -> TransportError:
-    """Return ``error`` with every trace of ``password`` replaced by asterisks.
+def xoauth2_string(username: str, token: str) -> bytes:
+    """Return the SASL XOAUTH2 initial response, before base64 encoding."""
+    return f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
+
+
+def hide_secret(error: TransportError, settings: ServerEndpoint) -> TransportError:
+    """Return ``error`` with every trace of the password or token replaced by asterisks.
 
     A server may echo what it received, so this also removes the base64 forms
-    that AUTH PLAIN and AUTH LOGIN send.
+    that AUTH PLAIN, AUTH LOGIN and AUTH XOAUTH2 send.
     """
-    if not password:
+    username, password, token = (
+        settings.username,
+        settings.password,
+        settings.oauth_token,
+    )
+    forms = []
+    if password:
+        plain = f"\0{username}\0{password}".encode()
+        forms += [
+            password,
+            base64.b64encode(password.encode()).decode("ascii"),
+            base64.b64encode(plain).decode("ascii"),
+        ]
+    if token:
+        forms += [
+            token,
+            base64.b64encode(xoauth2_string(username, token)).decode("ascii"),
+        ]
+    if not forms:
         return error
-
-    plain = f"\0{username}\0{password}".encode()
-    forms = [
-        password,
-        base64.b64encode(password.encode()).decode("ascii"),
-        base64.b64encode(plain).decode("ascii"),
-    ]
 
     def scrub(text: str) -> str:
         for form in forms:
@@ -137,6 +160,7 @@ def hide_secret(error: TransportError, username: str, password: str) -> Transpor
         reply=scrub(error.reply),
         temporary=error.temporary,
         certificate=error.certificate,
+        sign_in_again=error.sign_in_again,
     )
 
 

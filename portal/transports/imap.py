@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import imapclient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from . import tls
+from . import tls, xoauth2
 from .base import (
     ReadResult,
     ReadSettings,
@@ -228,6 +228,9 @@ class _Session:
         """
         settings = self.settings
         capabilities = client.capabilities()
+        if settings.oauth_token:
+            self._sign_in_with_token(client, capabilities)
+            return
         login_allowed = b"LOGINDISABLED" not in capabilities
         ascii_credentials = settings.username.isascii() and settings.password.isascii()
 
@@ -251,6 +254,32 @@ class _Session:
                 "that offers AUTH=PLAIN. Use an ASCII password, or ask the mail "
                 "administrator to enable AUTH=PLAIN.",
             )
+
+    def _sign_in_with_token(self, client: _IMAPClient, capabilities) -> None:
+        """Sign in with AUTHENTICATE XOAUTH2.
+
+        IMAPClient's oauth2_login answers the error challenge of a refused
+        token with the token again instead of the empty line, so the exchange
+        goes through imaplib's authenticate with a callable that does both.
+        NOTE: uses IMAPClient._imap, the imaplib connection inside the client.
+        """
+        settings = self.settings
+        if b"AUTH=XOAUTH2" not in capabilities:
+            raise xoauth2.not_offered(settings.host, settings.port, "IMAP")
+        exchange = xoauth2.ImapExchange(settings.username, settings.oauth_token)
+        try:
+            client._imap.authenticate(xoauth2.MECHANISM, exchange)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as error:
+            text = str(error)
+            raise xoauth2.token_refused(
+                settings.host,
+                settings.username,
+                exchange.challenge or {},
+                reply=text,
+                temporary="[UNAVAILABLE]" in text,
+            ) from None
 
     def _check_pinned_certificate(self) -> None:
         tls_socket = self._checked_client().socket()
@@ -287,7 +316,7 @@ class _Session:
     ) -> TransportError:
         """Strip the password from ``failure`` and log it."""
         settings = self.settings
-        failure = hide_secret(failure, settings.username, settings.password)
+        failure = hide_secret(failure, settings)
         log.warning(
             "IMAP %s port %d failed at step %s: %s%s",
             settings.host,

@@ -229,7 +229,7 @@ class _Session:
     ) -> TransportError:
         """Strip the password from ``failure`` and log it."""
         settings = self.settings
-        failure = hide_secret(failure, settings.username, settings.password)
+        failure = hide_secret(failure, settings)
         log.warning(
             "POP3 %s port %d failed at step %s: %s%s",
             settings.host,

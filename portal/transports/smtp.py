@@ -26,7 +26,7 @@ import aiosmtplib
 import idna
 from aiosmtplib.email import flatten_message
 
-from . import destinations, tls
+from . import destinations, tls, xoauth2
 from .base import (
     Security,
     SendResult,
@@ -270,6 +270,9 @@ class SmtpConnection:
         encrypted = client.get_transport_info("sslcontext") is not None
         if not client.supports_extension("auth"):
             raise _sign_in_not_offered(settings, encrypted)
+        if settings.oauth_token:
+            await self._sign_in_with_token(client)
+            return
         if not client.supported_auth_methods:
             offered = ", ".join(method.upper() for method in client.server_auth_methods)
             raise TransportError(
@@ -284,6 +287,35 @@ class SmtpConnection:
         self._activity = SIGNING_IN
         await client.login(settings.username, settings.password)
         log.info("signed in to %s as %s", settings.host, settings.username)
+
+    async def _sign_in_with_token(self, client: _SMTP) -> None:
+        """Sign in with AUTH XOAUTH2, reading the error challenge of a refused token.
+
+        aiosmtplib's own auth_xoauth2 discards that challenge, and with it the
+        scope the server asked for, so the exchange is done here.
+        """
+        settings = self.settings
+        if "xoauth2" not in client.server_auth_methods:
+            raise xoauth2.not_offered(settings.host, settings.port, "SMTP")
+        self._activity = SIGNING_IN
+        response = await client.execute_command(
+            b"AUTH",
+            xoauth2.MECHANISM.encode("ascii"),
+            xoauth2.initial_response(settings.username, settings.oauth_token),
+        )
+        challenge: dict = {}
+        if response.code == aiosmtplib.SMTPStatus.auth_continue:
+            challenge = xoauth2.parse_challenge(response.message)
+            response = await client.execute_command(b"")
+        if response.code != aiosmtplib.SMTPStatus.auth_successful:
+            raise xoauth2.token_refused(
+                settings.host,
+                settings.username,
+                challenge,
+                reply=f"{response.code} {response.message}".strip(),
+                temporary=400 <= response.code < 500,
+            )
+        log.info("signed in to %s with OAuth2 as %s", settings.host, settings.username)
 
     def _check_pinned_certificate(self) -> None:
         ssl_object = self._checked_client().get_transport_info("ssl_object")
@@ -429,7 +461,7 @@ class SmtpConnection:
     ) -> TransportError:
         """Strip the password from ``failure`` and log it."""
         settings = self.settings
-        failure = hide_secret(failure, settings.username, settings.password)
+        failure = hide_secret(failure, settings)
         log.warning(
             "SMTP %s port %d failed at step %s: %s%s",
             settings.host,

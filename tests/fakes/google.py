@@ -8,6 +8,10 @@ It covers:
   delegation), the authorization code grant with PKCE, and refresh tokens;
 - the authorization endpoint, which "signs in" a configured person and
   redirects back with a code, as Google's consent screen does;
+- the tokeninfo endpoint (``GET /tokeninfo?access_token=``, at
+  https://oauth2.googleapis.com/tokeninfo in production), which describes a
+  valid access token and returns 400 ``invalid_token`` for any other, so that
+  Dovecot's oauth2 passdb can check tokens against this fake;
 - the Admin SDK Directory ``users.list`` with the query syntax (fields, the
   ``=``, ``:`` and ``:prefix*`` operators, quoted values) and paging;
 - Gmail ``users.messages.send`` (the raw message is decoded and kept),
@@ -16,7 +20,10 @@ It covers:
 Errors have Google's JSON shapes and status codes. ``fail_next`` scripts a
 failure (a rate limit, a server error) for the next calls of one method.
 Paths and accepted scopes are in ``METHODS``; a test compares them with the
-discovery documents that google-api-python-client ships.
+discovery documents that google-api-python-client ships. The token and
+tokeninfo endpoints are not discovery API methods, so they are not in
+``METHODS``. ``check_access_token`` checks a token in the test's own process,
+and ``expire_access_tokens`` makes every token issued so far expired.
 """
 
 import base64
@@ -185,10 +192,12 @@ class OAuthClient:
 
 @dataclass
 class AccessToken:
-    subject: str
+    subject: str  # the user's address, or a service account's client_email
     scopes: frozenset[str]
-    expires: float
+    expires: float  # epoch seconds
     client_id: str = ""
+    # The code grant's access_type parameter. The other grants record "offline".
+    access_type: str = "offline"
 
 
 @dataclass
@@ -244,6 +253,7 @@ class FakeGoogle:
             [
                 Rule("/o/oauth2/v2/auth", endpoint="authorize", methods=["GET"]),
                 Rule("/token", endpoint="token", methods=["POST"]),
+                Rule("/tokeninfo", endpoint="tokeninfo", methods=["GET"]),
             ]
             + [
                 Rule(
@@ -282,6 +292,10 @@ class FakeGoogle:
     @property
     def auth_url(self) -> str:
         return f"{self.url}/o/oauth2/v2/auth"
+
+    @property
+    def tokeninfo_url(self) -> str:
+        return f"{self.url}/tokeninfo"
 
     def config(self) -> dict:
         """The portal settings that point at this fake."""
@@ -350,6 +364,18 @@ class FakeGoogle:
             if grant["subject"].lower() == address.lower():
                 grant["revoked"] = True
 
+    def check_access_token(self, token: str) -> AccessToken | None:
+        """Return the record of an unexpired access token this fake issued, else None."""
+        with self._lock:
+            return self._valid_access_token(token)
+
+    def expire_access_tokens(self) -> None:
+        """Make every access token issued so far expired."""
+        with self._lock:
+            expired = time.time() - 1
+            for token in self.access_tokens.values():
+                token.expires = expired
+
     def fail_next(
         self,
         method_id: str,
@@ -378,6 +404,7 @@ class FakeGoogle:
                 handler = {
                     "authorize": self._authorize,
                     "token": self._token,
+                    "tokeninfo": self._tokeninfo,
                 }.get(endpoint) or functools.partial(self._api, endpoint)
                 response = handler(request, **arguments)
         return response(environ, start_response)
@@ -451,7 +478,7 @@ class FakeGoogle:
 
         subject = claims.get("sub")
         if subject is None:
-            return self._issue(account.client_email, scopes)
+            return self._issue(account.client_email, scopes, account.client_id)
         user = self.users.get(str(subject).lower())
         if user is None or user.domain not in self.domains:
             return token_error(400, "invalid_grant", "Invalid email or User ID")
@@ -462,14 +489,23 @@ class FakeGoogle:
                 "Client is unauthorized to retrieve access tokens using this method, "
                 "or client not authorized for any of the scopes requested.",
             )
-        return self._issue(user.address, scopes)
+        return self._issue(user.address, scopes, account.client_id)
 
     def _issue(
-        self, subject: str, scopes: frozenset[str], client_id: str = "", **extra
+        self,
+        subject: str,
+        scopes: frozenset[str],
+        client_id: str = "",
+        access_type: str = "offline",
+        **extra,
     ) -> Response:
         token = "ya29." + secrets.token_urlsafe(32)
         self.access_tokens[token] = AccessToken(
-            subject, scopes, time.time() + ACCESS_TOKEN_SECONDS, client_id
+            subject,
+            scopes,
+            time.time() + ACCESS_TOKEN_SECONDS,
+            client_id,
+            access_type,
         )
         body = {
             "access_token": token,
@@ -533,7 +569,13 @@ class FakeGoogle:
                 "revoked": False,
             }
             extra["refresh_token"] = refresh_token
-        return self._issue(grant["subject"], grant["scopes"], client.client_id, **extra)
+        return self._issue(
+            grant["subject"],
+            grant["scopes"],
+            client.client_id,
+            grant["access_type"],
+            **extra,
+        )
 
     def _refresh(self, request: Request) -> Response:
         self.token_requests.append({"grant_type": "refresh_token"})
@@ -564,6 +606,43 @@ class FakeGoogle:
         if user.domain in self.domains:
             claims["hd"] = user.domain
         return jwt.encode({"alg": "RS256", "kid": "fake"}, claims, self._id_key)
+
+    # -- the tokeninfo endpoint -----------------------------------------------------------
+
+    def _valid_access_token(self, token: str) -> AccessToken | None:
+        found = self.access_tokens.get(token)
+        if found is None or found.expires < time.time():
+            return None
+        return found
+
+    def _tokeninfo(self, request: Request) -> Response:
+        token = self._valid_access_token(request.args.get("access_token", ""))
+        if token is None:
+            return token_error(400, "invalid_token", "Invalid Value")
+        user = self.users.get(token.subject.lower())
+        if user is not None:
+            subject_id = user.id
+        else:
+            # A service account's own token names no user, so the fake puts
+            # the account's client id in sub.
+            subject_id = token.client_id
+        # Google sends the numbers in tokeninfo as strings.
+        # NOTE: Google documents email and email_verified as present only when
+        # the token has the email scope. This fake always sends them, so that
+        # Dovecot's username_attribute = email works with a mail-only token.
+        return json_response(
+            {
+                "azp": token.client_id,
+                "aud": token.client_id,
+                "sub": subject_id,
+                "scope": " ".join(sorted(token.scopes)),
+                "exp": str(int(token.expires)),
+                "expires_in": str(max(0, int(token.expires - time.time()))),
+                "email": token.subject,
+                "email_verified": "true",
+                "access_type": token.access_type,
+            }
+        )
 
     # -- the authorization endpoint (consent screen) --------------------------------------
 

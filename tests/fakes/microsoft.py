@@ -2,11 +2,17 @@
 
 Served over HTTP on 127.0.0.1 by the tests, it covers what the portal uses:
 
-- the v2.0 token endpoint: client credentials (scope ``{resource}/.default``,
-  a JWT whose ``roles`` are the permissions granted by admin consent), the
-  authorization code grant with PKCE (S256 checked, codes single use, the
-  redirect URI must match), and refresh tokens, which rotate: each refresh
-  returns a new refresh token and the old one stops working;
+- the v2.0 token endpoint: client credentials (scope ``{resource}/.default``
+  for a Graph resource, a JWT whose ``roles`` are the permissions granted by
+  admin consent), the authorization code grant with PKCE (S256 checked, codes
+  single use, the redirect URI must match), and refresh tokens, which rotate:
+  each refresh returns a new refresh token and the old one stops working.
+  Delegated tokens are for Graph, or for Exchange Online
+  (``https://outlook.office.com``, whose ``SMTP.Send`` and
+  ``IMAP.AccessAsUser.All`` scopes XOAUTH2 sign-in needs) when the requested
+  scopes name that resource. When ``openid`` is requested, the response also
+  carries a v2.0 ID token (``preferred_username``, with ``name`` for
+  ``profile`` and ``email`` for ``email``);
 - the authorize endpoint, which "signs in" a user (``sign_in_as``, or the
   ``login_hint``) and redirects back with a code, as the sign-in page does;
 - the admin consent endpoint, which grants the registration's application
@@ -27,8 +33,10 @@ Served over HTTP on 127.0.0.1 by the tests, it covers what the portal uses:
   concurrent requests per mailbox.
 
 Tokens are JWTs signed with a key only this fake knows; Graph checks their
-signature, audience and lifetime. ``expire_tokens`` makes every token issued
-so far expired, ``throttle`` scripts throttling answers, ``revoke_consent``
+signature, audience (a Graph resource) and lifetime. ``check_access_token``
+makes the same checks in the test's own process for any resource, as the
+XOAUTH2 test servers need. ``expire_tokens`` makes every token issued so far
+expired, ``throttle`` scripts throttling responses, ``revoke_consent``
 withdraws the permissions.
 """
 
@@ -57,11 +65,17 @@ TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 TENANT_DOMAIN = "contoso.onmicrosoft.com"
 CLIENT_ID = "00001111-aaaa-2222-bbbb-3333cccc4444"
 CLIENT_SECRET = "fake~client~secret~value"
-RESOURCES = (
+GRAPH_RESOURCES = (
     "https://graph.microsoft.com",
     "https://graph.microsoft.us",
     "https://microsoftgraph.chinacloudapi.cn",
 )
+# Exchange Online, the audience of tokens for IMAP, POP and SMTP sign-in.
+OUTLOOK_RESOURCE = "https://outlook.office.com"
+# Every audience a delegated access token can have. Graph is the default.
+RESOURCES = (*GRAPH_RESOURCES, OUTLOOK_RESOURCE)
+ID_TOKEN_ISSUER = f"https://login.microsoftonline.com/{TENANT_ID}/v2.0"
+OIDC_SCOPES = ("openid", "profile", "email", "offline_access")
 APPLICATION_PERMISSIONS = ("User.Read.All", "Mail.Send", "Mail.ReadWrite")
 MAILBOX_CONCURRENCY = 4
 USER_PROPERTIES = {
@@ -292,6 +306,19 @@ class MicrosoftFake:
         time.sleep(0.01)
         self.tokens_valid_after = time.time()
 
+    def check_access_token(self, token: str) -> dict | None:
+        """Return the claims of an unexpired access token this fake signed, else None.
+
+        ID tokens are rejected, because their audience is the client id and
+        not a resource.
+        """
+        claims = self._verify(token)
+        if claims is None or self._expired(claims):
+            return None
+        if claims.get("aud") not in RESOURCES:
+            return None
+        return claims
+
     def throttle(
         self,
         *,
@@ -424,7 +451,7 @@ class MicrosoftFake:
 
     def _client_credentials(self, app: FakeApp, scope: str) -> Response:
         resource = scope.removesuffix("/.default")
-        if not scope.endswith("/.default") or resource not in RESOURCES:
+        if not scope.endswith("/.default") or resource not in GRAPH_RESOURCES:
             return self._aad_error(
                 400,
                 "invalid_scope",
@@ -520,11 +547,7 @@ class MicrosoftFake:
     def _user_tokens(self, app: FakeApp, user: FakeUser, scope: str) -> Response:
         scopes = [part.rsplit("/", 1)[-1] for part in scope.split()]
         resource = next((r for r in RESOURCES if r in scope), RESOURCES[0])
-        granted = [
-            name
-            for name in scopes
-            if name not in ("offline_access", "openid", "profile", "email")
-        ]
+        granted = [name for name in scopes if name not in OIDC_SCOPES]
         claims = {
             "aud": resource,
             "appid": app.client_id,
@@ -534,6 +557,8 @@ class MicrosoftFake:
             "scp": " ".join(granted),
         }
         body = {"access_token": self._jwt(claims), "scope": " ".join(granted)}
+        if "openid" in scopes:
+            body["id_token"] = self._id_token(app, user, scopes)
         if "offline_access" in scopes:
             refresh = "rt." + secrets.token_urlsafe(32)
             self.refresh_tokens[refresh] = {
@@ -545,6 +570,25 @@ class MicrosoftFake:
             body["refresh_token"] = refresh
             self.issued.append(refresh)
         return self._token_response(body)
+
+    def _id_token(self, app: FakeApp, user: FakeUser, scopes: list[str]) -> str:
+        """Sign a v2.0 ID token, with the claims of ``profile`` and ``email`` if requested."""
+        # The v2.0 endpoint's sub is stable for one user and one app, and
+        # differs between apps.
+        pairwise = hashlib.sha256(f"{app.client_id}:{user.id}".encode()).digest()
+        claims = {
+            "ver": "2.0",
+            "iss": ID_TOKEN_ISSUER,
+            "aud": app.client_id,
+            "sub": _b64(pairwise),
+            "oid": user.id,
+            "preferred_username": user.upn,
+        }
+        if "profile" in scopes:
+            claims["name"] = user.display_name
+        if "email" in scopes and user.mail:
+            claims["email"] = user.mail
+        return self._jwt(claims)
 
     def _token_response(self, body: dict) -> Response:
         body = {
@@ -666,6 +710,9 @@ class MicrosoftFake:
         self.issued.append(token)
         return token
 
+    def _expired(self, claims: dict) -> bool:
+        return claims["exp"] < time.time() or claims["iat"] < self.tokens_valid_after
+
     def _verify(self, token: str) -> dict | None:
         try:
             header, payload, signature = token.split(".")
@@ -722,13 +769,13 @@ class MicrosoftFake:
             return self._graph_error(
                 401, "InvalidAuthenticationToken", "IDX14100: JWT is not well formed."
             )
-        if claims["exp"] < time.time() or claims["iat"] < self.tokens_valid_after:
+        if self._expired(claims):
             return self._graph_error(
                 401,
                 "InvalidAuthenticationToken",
                 "Lifetime validation failed, the token is expired.",
             )
-        if claims["aud"] not in RESOURCES:
+        if claims["aud"] not in GRAPH_RESOURCES:
             return self._graph_error(
                 401, "InvalidAuthenticationToken", "Invalid audience."
             )

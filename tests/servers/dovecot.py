@@ -3,6 +3,10 @@
 The instance gets its own configuration, runtime directory, log and maildir in
 a temporary directory, and listens on free ports on 127.0.0.1. It runs as root
 (as in CI) or as an ordinary user. It does not read /etc/dovecot.
+
+With ``OAuth2Settings`` the instance also offers the XOAUTH2 and OAUTHBEARER
+mechanisms and checks their access tokens at a tokeninfo URL, such as the one
+of tests.fakes.google.FakeGoogle. Password sign-in keeps working.
 """
 
 import contextlib
@@ -29,6 +33,10 @@ PASSWORD = "Pässwörd-Ωμέγα-✓"  # non-ASCII on purpose: sent as UTF-8
 # A second login to the same mailbox, whose ASCII password IMAP LOGIN can carry.
 ASCII_USERNAME = "bob@portal.test"
 ASCII_PASSWORD = "ascii-Secret-42"
+# A login without a password, which signs in to the same mailbox by XOAUTH2 or
+# OAUTHBEARER only. The token provider must know this address.
+OAUTH2_USERNAME = "carol@portal.test"
+GMAIL_SCOPE = "https://mail.google.com/"
 
 # Folder name -> number of messages seeded into it.
 FOLDERS = {"INBOX": 3, "Entwürfe": 1, "Отправленные": 2, "Archive": 0}
@@ -51,6 +59,21 @@ class DovecotServer:
     ascii_username: str = ASCII_USERNAME
     ascii_password: str = field(default=ASCII_PASSWORD, repr=False)
     folders: dict[str, int] = field(default_factory=lambda: dict(FOLDERS))
+    # The login that signs in with a token, when OAuth2Settings were given.
+    oauth2_username: str | None = None
+
+
+@dataclass(frozen=True)
+class OAuth2Settings:
+    """How Dovecot's oauth2 passdb checks access tokens."""
+
+    # Dovecot appends the token to this URL, so it ends with "access_token=".
+    tokeninfo_url: str
+    # The tokeninfo "scope" field must contain this scope. Dovecot 2.3 accepts
+    # a single scope here.
+    scope: str = GMAIL_SCOPE
+    # The tokeninfo field that must equal the user name given at sign-in.
+    username_attribute: str = "email"
 
 
 def dovecot_version() -> tuple[int, int, int] | None:
@@ -131,13 +154,21 @@ service anvil {{
 """
 
 
-def _config_2_3(directory: Path, certificate: CertificateFiles) -> str:
-    return f"""
+def _config_2_3(
+    directory: Path, certificate: CertificateFiles, oauth2: OAuth2Settings | None
+) -> str:
+    config = f"""
 ssl_cert = <{certificate.cert_path}
 ssl_key = <{certificate.key_path}
 # Cleartext passwords are accepted only over TLS. Dovecot counts a client on its
 # own IP address as secured, so the plain-port tests on 127.0.0.1 can sign in.
 disable_plaintext_auth = yes
+mail_location = maildir:~/Maildir
+"""
+    if oauth2 is None:
+        return (
+            config
+            + f"""
 passdb {{
   driver = passwd-file
   args = {directory / "passwd"}
@@ -146,18 +177,56 @@ userdb {{
   driver = passwd-file
   args = {directory / "passwd"}
 }}
-mail_location = maildir:~/Maildir
 """
+        )
+
+    # Each passdb serves only its own mechanisms, so a token is never compared
+    # with a password. The token logins have no password, so they are found
+    # in a userdb of their own.
+    oauth2_config = directory / "dovecot-oauth2.conf.ext"
+    oauth2_config.write_text(
+        f"tokeninfo_url = {oauth2.tokeninfo_url}\n"
+        f"username_attribute = {oauth2.username_attribute}\n"
+        f"scope = {oauth2.scope}\n"
+        # Without a timeout, a stopped token provider would hang sign-ins.
+        "timeout_msecs = 5000\n"
+    )
+    return (
+        config
+        + f"""
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = {directory / "passwd"}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {oauth2_config}
+}}
+userdb {{
+  driver = passwd-file
+  args = {directory / "passwd"}
+}}
+userdb {{
+  driver = passwd-file
+  args = {directory / "oauth2-users"}
+}}
+"""
+    )
 
 
 def _config_2_4(
-    directory: Path, certificate: CertificateFiles, version: tuple[int, int, int]
+    directory: Path,
+    certificate: CertificateFiles,
+    version: tuple[int, int, int],
+    oauth2: OAuth2Settings | None,
 ) -> str:
     # NOTE: only the 2.3 branch has run. This one follows the Dovecot 2.4
     # upgrade notes (named passdb/userdb sections, mail_driver and mail_path,
     # ssl_server_*_file, auth_allow_cleartext).
     release = ".".join(str(part) for part in version)
-    return f"""
+    config = f"""
 dovecot_config_version = {release}
 dovecot_storage_version = {release}
 ssl_server_cert_file = {certificate.cert_path}
@@ -172,6 +241,27 @@ userdb passwd-file {{
 mail_driver = maildir
 mail_path = ~/Maildir
 """
+    if oauth2 is None:
+        return config
+    # NOTE: untested, like the rest of this branch. According to Dovecot 2.4's
+    # oauth2 database documentation, its OAuth2 mechanisms check tokens with
+    # the global oauth2 settings and use no passdb. Whether 2.4 takes several
+    # scopes in oauth2_scope is not checked.
+    return (
+        config
+        + f"""
+userdb oauth2-users {{
+  driver = passwd-file
+  passwd_file_path = {directory / "oauth2-users"}
+}}
+oauth2 {{
+  tokeninfo_url = {oauth2.tokeninfo_url}
+  username_attribute = {oauth2.username_attribute}
+  scope = {oauth2.scope}
+  timeout_msecs = 5000
+}}
+"""
+    )
 
 
 def write_config(
@@ -180,13 +270,24 @@ def write_config(
     ports: dict[str, int],
     version: tuple[int, int, int],
     accounts: _Accounts,
+    oauth2: OAuth2Settings | None = None,
 ) -> Path:
-    """Write dovecot.conf for ``version`` into ``directory`` and return its path."""
+    """Write dovecot.conf for ``version`` into ``directory`` and return its path.
+
+    With ``oauth2`` it also writes what the token sign-in needs.
+    """
     if version >= (2, 4, 0):
         # 2.4 requires dovecot_config_version as the first setting.
-        version_specific = _config_2_4(directory, certificate, version)
+        version_specific = _config_2_4(directory, certificate, version, oauth2)
     else:
-        version_specific = _config_2_3(directory, certificate)
+        version_specific = _config_2_3(directory, certificate, oauth2)
+    mechanisms = "plain login"
+    token_settings = ""
+    if oauth2 is not None:
+        mechanisms += " xoauth2 oauthbearer"
+        # The log then gives the reason for each rejected token, such as a
+        # missing scope.
+        token_settings = "auth_verbose = yes\n"
 
     common = f"""
 base_dir = {directory / "run"}
@@ -195,10 +296,10 @@ log_path = {directory / "dovecot.log"}
 protocols = imap pop3
 listen = 127.0.0.1
 ssl = yes
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 # Cut the delay before the reply to a failed sign-in, 2 seconds by default.
 auth_failure_delay = 0
-{accounts.process_settings}"""
+{token_settings}{accounts.process_settings}"""
     path = directory / "dovecot.conf"
     path.write_text(version_specific.lstrip() + common + _services(ports))
     return path
@@ -276,9 +377,14 @@ def _read_logs(directory: Path) -> str:
 
 @contextlib.contextmanager
 def run_dovecot(
-    certificate: CertificateFiles, version: tuple[int, int, int]
+    certificate: CertificateFiles,
+    version: tuple[int, int, int],
+    oauth2: OAuth2Settings | None = None,
 ) -> Iterator[DovecotServer]:
-    """Start Dovecot in the foreground, yield its ports, then stop it."""
+    """Start Dovecot in the foreground, yield its ports, then stop it.
+
+    With ``oauth2``, OAUTH2_USERNAME signs in by token to the same mailbox.
+    """
     accounts = _accounts()
     # Not under pytest's temporary directory: as root that one is mode 0700,
     # and Dovecot's unprivileged processes must reach the mailbox.
@@ -302,9 +408,18 @@ def run_dovecot(
             encoding="utf-8",
         )
         passwd.chmod(0o644)
+        if oauth2 is not None:
+            # A userdb entry only, so the password field stays empty.
+            oauth2_users = directory / "oauth2-users"
+            oauth2_users.write_text(
+                f"{OAUTH2_USERNAME}::{accounts.mail_uid}:{accounts.mail_gid}"
+                f"::{home}::\n",
+                encoding="utf-8",
+            )
+            oauth2_users.chmod(0o644)
 
         ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
-        config = write_config(directory, certificate, ports, version, accounts)
+        config = write_config(directory, certificate, ports, version, accounts, oauth2)
         with open(directory / "stderr.txt", "wb") as stderr:
             process = subprocess.Popen(
                 ["dovecot", "-F", "-c", str(config)],
@@ -320,6 +435,7 @@ def run_dovecot(
             pop3_port=ports["pop3"],
             pop3s_port=ports["pop3s"],
             log_path=directory / "dovecot.log",
+            oauth2_username=OAUTH2_USERNAME if oauth2 is not None else None,
         )
     finally:
         if process is not None:

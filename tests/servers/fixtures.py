@@ -9,9 +9,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.fakes.google import FakeGoogle
 from tests.servers import smtp
 from tests.servers.certs import TestCertificates, create_test_certificates
-from tests.servers.dovecot import DovecotServer, dovecot_version, run_dovecot
+from tests.servers.dovecot import (
+    OAUTH2_USERNAME,
+    DovecotServer,
+    OAuth2Settings,
+    dovecot_version,
+    run_dovecot,
+)
 from tests.servers.scripted import Responder, ScriptedServer
 from tests.servers.scripted import scripted_server as run_scripted_server
 
@@ -19,6 +26,8 @@ __all__ = [
     "certificates",
     "closed_port",
     "dovecot",
+    "dovecot_oauth2",
+    "google_fake",
     "implicit_tls_smtp",
     "plain_smtp",
     "scripted_server",
@@ -117,10 +126,47 @@ def dovecot(certificates: TestCertificates) -> Iterator[DovecotServer]:
     It presents the CA-signed certificate. Skips the test when Dovecot is not
     installed (Debian packages dovecot-imapd and dovecot-pop3d).
     """
+    version = _installed_dovecot()
+    with run_dovecot(certificates.server, version) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def google_fake() -> Iterator[FakeGoogle]:
+    """The Google fake on 127.0.0.1, without a portal pointed at it.
+
+    The whole session shares it, so a test adds the users it needs and must
+    not expect the fake to be empty.
+    """
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth2(
+    certificates: TestCertificates, google_fake: FakeGoogle
+) -> Iterator[DovecotServer]:
+    """A Dovecot like ``dovecot`` that also takes XOAUTH2 and OAUTHBEARER sign-ins.
+
+    It checks tokens at ``google_fake``'s tokeninfo endpoint and requires the
+    https://mail.google.com/ scope. Its ``oauth2_username``, which this fixture
+    adds to ``google_fake`` as a user, signs in to the seeded mailbox.
+    """
+    version = _installed_dovecot()
+    google_fake.add_user(OAUTH2_USERNAME, "Carol Token")
+    settings = OAuth2Settings(
+        tokeninfo_url=f"{google_fake.tokeninfo_url}?access_token="
+    )
+    with run_dovecot(certificates.server, version, oauth2=settings) as server:
+        yield server
+
+
+def _installed_dovecot() -> tuple[int, int, int]:
+    """Return the Dovecot version, or skip the test when it is not installed."""
     version = dovecot_version()
     if version is None:
         pytest.skip(
             "Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
         )
-    with run_dovecot(certificates.server, version) as server:
-        yield server
+    return version

@@ -151,7 +151,12 @@ def test_edit_keeps_stored_password_when_blank(staff_client):
     assert "A value is stored" in page
 
     form = account_form(smtp_password="", friendly_name="Renamed")
-    assert staff_client.post(f"{PERSONAL}/{account.id}", data={**form, "version": "1"}).status_code == 302
+    assert (
+        staff_client.post(
+            f"{PERSONAL}/{account.id}", data={**form, "version": "1"}
+        ).status_code
+        == 302
+    )
     db.session.expire_all()
     assert account.friendly_name == "Renamed"
     assert get_secret(account, "smtp_password") == SECRET
@@ -326,10 +331,17 @@ def test_concurrent_edit_is_refused_with_changes(app, client):
     original = re.search(r'name="original" value="([^"]+)"', page).group(1)
 
     # Another tab (or person) saves first.
-    first = account_form(smtp_password="", smtp_host="mail.other.example", version=version, original=original)
+    first = account_form(
+        smtp_password="",
+        smtp_host="mail.other.example",
+        version=version,
+        original=original,
+    )
     assert client.post(f"{PERSONAL}/{account.id}", data=first).status_code == 302
 
-    second = account_form(smtp_password="", description="My edit", version=version, original=original)
+    second = account_form(
+        smtp_password="", description="My edit", version=version, original=original
+    )
     response = client.post(f"{PERSONAL}/{account.id}", data=second)
     page = response.get_data(as_text=True)
     assert response.status_code == 200

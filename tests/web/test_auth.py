@@ -79,7 +79,11 @@ def test_unknown_page_is_404_page(staff_client):
 
 
 def test_change_password(staff_client):
-    form = {"current_password": PASSWORD, "new_password": "a new passphrase", "confirm_password": "a new passphrase"}
+    form = {
+        "current_password": PASSWORD,
+        "new_password": "a new passphrase",
+        "confirm_password": "a new passphrase",
+    }
     response = staff_client.post("/preferences/password", data=form)
     assert response.status_code == 302
     staff_client.post("/sign-out")
@@ -87,8 +91,15 @@ def test_change_password(staff_client):
 
 
 def test_change_password_checks_current_and_repeat(staff_client):
-    form = {"current_password": "wrong", "new_password": "a new passphrase", "confirm_password": "different"}
+    form = {
+        "current_password": "wrong",
+        "new_password": "a new passphrase",
+        "confirm_password": "different",
+    }
     page = staff_client.post("/preferences/password", data=form).get_data(as_text=True)
-    assert "The current password is incorrect." in page or "The two new passwords differ." in page
+    assert (
+        "The current password is incorrect." in page
+        or "The two new passwords differ." in page
+    )
     assert 'id="confirm_password-error"' in page
     assert "a new passphrase" not in page

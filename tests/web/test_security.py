@@ -27,7 +27,13 @@ def test_headers_on_error_pages(client):
 
 
 def test_pages_have_no_inline_script_or_style(staff_client):
-    for url in (PERSONAL, f"{PERSONAL}/new/internet", "/compose", "/deliveries", "/preferences/password"):
+    for url in (
+        PERSONAL,
+        f"{PERSONAL}/new/internet",
+        "/compose",
+        "/deliveries",
+        "/preferences/password",
+    ):
         page = staff_client.get(url).get_data(as_text=True)
         assert not re.search(r"<script(?![^>]*\bsrc=)", page), url
         assert "style=" not in page, url
@@ -44,7 +50,9 @@ def test_session_cookie_flags(client, staff):
 
 def test_session_cookie_secure_over_https(app, client, staff):
     client.csrf = None
-    token_page = client.get("/sign-in", base_url="https://localhost").get_data(as_text=True)
+    token_page = client.get("/sign-in", base_url="https://localhost").get_data(
+        as_text=True
+    )
     token = re.search(r'"X-CSRFToken": "([^"]+)"', token_page).group(1)
     response = client.post(
         "/sign-in",
@@ -60,7 +68,9 @@ def test_sign_in_rotates_session(client, staff):
     client.get("/sign-in")
     with client.session_transaction() as session:
         session["planted"] = "by an attacker"
-    sign_in_response = client.post("/sign-in", data={"username": "alice", "password": PASSWORD})
+    sign_in_response = client.post(
+        "/sign-in", data={"username": "alice", "password": PASSWORD}
+    )
     assert sign_in_response.status_code == 302
     with client.session_transaction() as session:
         assert "planted" not in session
@@ -118,7 +128,9 @@ def test_tests_are_rate_limited(app, staff_client, closed_port, action):
 
 def test_forms_may_lead_to_sign_in_pages_only(staff_client):
     csp = staff_client.get(PERSONAL).headers["Content-Security-Policy"]
-    form_action = next(part for part in csp.split("; ") if part.startswith("form-action"))
+    form_action = next(
+        part for part in csp.split("; ") if part.startswith("form-action")
+    )
     assert "'self'" in form_action
     assert "https://login.microsoftonline.com" in form_action
     assert "https://accounts.google.com" in form_action

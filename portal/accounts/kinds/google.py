@@ -10,7 +10,6 @@ refresh token encrypted and never receives a password.
 import logging
 
 from flask import (
-    current_app,
     flash,
     redirect,
     render_template,
@@ -30,7 +29,7 @@ from ...services import accounts as account_service
 from ...services import audit, senders, testing
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import Step, TransportError
-from .. import concurrency, pages, types
+from .. import concurrency, mail_sign_in, pages, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -315,10 +314,7 @@ def _search_view(scope: AccountScope):
 
 def redirect_uri() -> str:
     """Return the redirect URI to register for the OAuth client in Google Cloud."""
-    public = current_app.config.get("PUBLIC_URL", "")
-    if public:
-        return public + url_for("personal.complete_google_connection")
-    return url_for("personal.complete_google_connection", _external=True)
+    return pages.external_url("personal.complete_google_connection")
 
 
 def _form_page(scope: AccountScope, account_id: int | None) -> str:
@@ -380,6 +376,8 @@ def _start_sign_in(
 
 def _complete_sign_in(scope: AccountScope):
     """Google's redirect back: check the state, trade the code, keep the grant."""
+    if mail_sign_in.owns_callback():
+        return mail_sign_in.finish()
     pending = session.pop(PENDING_SIGN_IN, None)
     if not pending or request.args.get("state") != pending.get("state"):
         flash(

@@ -2,18 +2,21 @@
 
 import logging
 
-from flask import current_app, render_template, request
+from flask import current_app, flash, render_template, request
 from flask_htmx import make_response
 from flask_login import current_user
 
 from ... import crypto, ratelimits
 from ...extensions import db
+from ...integrations import mail_oauth
 from ...models import EmailAccount
 from ...services import accounts as account_service
-from ...services import outbound, testing
+from ...services import outbound, senders, testing
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports import destinations
-from .. import concurrency, pages, types
+from ...transports.base import TransportError
+from ...transports.smtp import SmtpConnection
+from .. import concurrency, mail_sign_in, pages, types
 from ..forms import InternetAccountForm
 from ..scope import AccountScope
 from .microsoft365 import convert_offer
@@ -48,6 +51,10 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
     if action == "apply-preset":
         form.apply_preset(form.preset.data or "")
         return _render_form(scope, account, form)
+    if action == "show-auth":
+        # The authentication choice changed: show the fields it needs.
+        form.collect_warnings()
+        return _render_form(scope, account, form)
 
     if action in ("test-send", "test-read"):
         return _run_test(scope, account, form, action)
@@ -78,6 +85,18 @@ def internet_account_view(scope: AccountScope, account: EmailAccount | None):
     account_service.record_saved(account, before, form.typed_secrets)
     db.session.commit()
 
+    if mail_sign_in.needs_sign_in(account) or (
+        action == "oauth-sign-in" and form.oauth_provider
+    ):
+        log.info(
+            "Internet account %s %s; its OAuth2 sign-in starts",
+            account.id,
+            "created" if created else "updated",
+        )
+        flash(
+            f"{'Created' if created else 'Saved'} {account.friendly_name}.", "success"
+        )
+        return mail_sign_in.start(scope, account)
     return pages.saved_response(scope, account, created)
 
 
@@ -87,12 +106,16 @@ def _run_test(
     form: InternetAccountForm,
     action: str,
 ):
-    timeout = current_app.config["SMTP_TIMEOUT"]
     if action == "test-send":
         valid = form.validate_server_settings(include_read=False)
         valid = form.validate_test_destination() and valid
     else:
         valid = form.validate_read_settings()
+    if valid and form.oauth_provider:
+        problem = _sign_in_problem(account, form)
+        if problem:
+            form.smtp_auth.errors.append(problem)
+            valid = False
 
     if not valid:
         # Field errors belong beside the fields, so the whole form is swapped.
@@ -108,28 +131,16 @@ def _run_test(
             return response
         return _render_form(scope, account, form)
 
-    account_id = account.id if account else None
     ratelimits.consume_test(
         current_user.id,
-        str(account_id) if account else f"new:{form.email_address.data}",
+        str(account.id) if account else f"new:{form.email_address.data}",
     )
-    # Connections go only where the outbound policy lets this kind of account go.
-    guard = outbound.guard_for(scope.personal, outbound.load_policy())
-    with destinations.guarded(guard):
-        if action == "test-send":
-            outcome = testing.run_send_test(
-                account_service.smtp_settings(form, account, timeout),
-                from_address=form.email_address.data,
-                from_name=form.from_name.data or "",
-                to=form.test_to.data,
-                account_label=form.friendly_name.data or form.email_address.data,
-                account_id=account_id,
-            )
-        else:
-            outcome = testing.run_read_test(
-                account_service.read_settings(form, account, timeout),
-                account_id=account_id,
-            )
+    kind = testing.SEND if action == "test-send" else testing.READ
+    try:
+        outcome = _test_with_form_values(kind, scope, account, form)
+    except TransportError as error:
+        # Getting the OAuth2 access token failed before any connection.
+        outcome = testing.failed_outcome(kind, error)
 
     if account is not None:
         testing.record_outcome(account, outcome)
@@ -138,9 +149,88 @@ def _run_test(
 
     if wants_fragment():
         return render_template(
-            "accounts/_test_result.html", outcome=outcome, form=form, oob_folders=True
+            "accounts/_test_result.html",
+            outcome=outcome,
+            form=form,
+            oob_folders=True,
+            action_url=scope.url("edit_account", account_id=account.id)
+            if account
+            else scope.url("create_account", type_key=account_service.INTERNET),
+            **_sign_in_context(account, form),
         )
     return _render_form(scope, account, form, outcome=outcome)
+
+
+def _test_with_form_values(
+    kind: str,
+    scope: AccountScope,
+    account: EmailAccount | None,
+    form: InternetAccountForm,
+) -> testing.TestOutcome:
+    """Run a test send or read with the form's settings and the stored secrets."""
+    timeout = current_app.config["SMTP_TIMEOUT"]
+    account_id = account.id if account else None
+    if kind == testing.SEND:
+        settings = account_service.smtp_settings(form, account, timeout)
+    else:
+        settings = account_service.read_settings(form, account, timeout)
+    if form.oauth_provider:
+        settings = mail_oauth.with_access_token(settings, account)
+    # Connections go only where the outbound policy lets this kind of account go.
+    guard = outbound.guard_for(scope.personal, outbound.load_policy())
+    with destinations.guarded(guard):
+        if kind == testing.SEND:
+            return testing.run_send_test(
+                settings,
+                from_address=form.email_address.data,
+                from_name=form.from_name.data or "",
+                to=form.test_to.data,
+                account_label=form.friendly_name.data or form.email_address.data,
+                account_id=account_id,
+            )
+        return testing.run_read_test(settings, account_id=account_id)
+
+
+def _sign_in_problem(account: EmailAccount | None, form: InternetAccountForm) -> str:
+    """Return why an OAuth2 test cannot use a stored sign-in yet, or ""."""
+    label = mail_oauth.provider_label(form.oauth_provider)
+    if account is None:
+        return (
+            f"Tests use the account's sign-in with {label}. Press Save and sign "
+            f"in with {label} first."
+        )
+    identity = account_service.oauth_identity(account)
+    stored = (account.settings.get("oauth") or {}).get("provider")
+    if not identity:
+        return f"The account has not been signed in yet. Press Save and sign in with {label}."
+    if (
+        stored != form.oauth_provider
+        or identity.lower() != form.smtp_username.data.lower()
+    ):
+        return (
+            f"The stored sign-in is with {mail_oauth.provider_label(stored)} as "
+            f"{identity}. Press Save and sign in with {label} to sign in as "
+            f"{form.smtp_username.data}."
+        )
+    return ""
+
+
+def _sign_in_context(account: EmailAccount | None, form: InternetAccountForm) -> dict:
+    """Return what the form shows about the OAuth2 sign-in."""
+    provider = form.oauth_provider
+    if not provider:
+        return {"sign_in": None}
+    stored = (account.settings if account else {}).get("oauth") or {}
+    identity = account_service.oauth_identity(account) if account else ""
+    return {
+        "sign_in": {
+            "label": mail_oauth.provider_label(provider),
+            "identity": identity if stored.get("provider") == provider else "",
+            "reconnect_needed": bool(
+                account and account.settings.get("reconnect_needed")
+            ),
+        }
+    }
 
 
 def _collect_typed_secrets(form: InternetAccountForm) -> None:
@@ -182,6 +272,7 @@ def _render_form(
         **concurrency.form_fields(account, stamp_values),
         choose_security=scope.chooses_security(account),
         microsoft365_offer=convert_offer(scope, account),
+        **_sign_in_context(account, form),
         outcome=outcome,
         breadcrumbs=scope.breadcrumbs((context["title"], None)),
     )
@@ -190,8 +281,46 @@ def _render_form(
 def _summary(account: EmailAccount) -> str:
     read = account.settings.get("read") or {}
     if read.get("protocol"):
-        return f"Internet (SMTP/{read['protocol'].upper()})"
-    return "Internet (SMTP)"
+        label = f"Internet (SMTP/{read['protocol'].upper()})"
+    else:
+        label = "Internet (SMTP)"
+    provider = account_service.oauth_provider(
+        (account.settings.get("smtp") or {}).get("auth")
+    )
+    if provider:
+        label += f" · OAuth2 with {mail_oauth.provider_label(provider)}"
+        if mail_sign_in.needs_sign_in(account):
+            label += (
+                " · Reconnect needed"
+                if account.settings.get("reconnect_needed")
+                else " · Sign-in needed"
+            )
+    return label
+
+
+def _open_sender(account: EmailAccount, timeout: float):
+    """The delivery opener of Internet accounts.
+
+    An OAuth2 account's access token is fetched here, in the worker's thread
+    with its database session, so a revoked grant flags the account at once.
+    """
+    settings = account_service.stored_smtp_settings(account, timeout)
+    if account_service.oauth_provider(account.settings["smtp"].get("auth")):
+        try:
+            settings = mail_oauth.with_access_token(settings, account)
+        except TransportError as error:
+            log.info(
+                "Account %s cannot sign in to SMTP with OAuth2: %s",
+                account.id,
+                error.summary,
+            )
+            return senders.Unavailable(error)
+    return SmtpConnection(settings)
+
+
+def _register_routes(route, scope: AccountScope) -> None:
+    # The sign-in callbacks find the scope of the account they finish.
+    mail_sign_in.remember_scope(scope)
 
 
 types.register(
@@ -205,6 +334,8 @@ types.register(
         ),
         view=internet_account_view,
         summary=_summary,
+        register_routes=_register_routes,
         order=40,
     )
 )
+senders.register(account_service.INTERNET, _open_sender)

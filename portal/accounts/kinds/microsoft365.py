@@ -8,7 +8,7 @@ member's own Microsoft sign-in. Both send through Microsoft Graph.
 import logging
 from dataclasses import dataclass
 
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask_htmx import make_response
 from flask_login import current_user
 from markupsafe import Markup
@@ -23,7 +23,7 @@ from ...services import accounts as account_service
 from ...services import testing
 from ...templating import render_page_or_fragment, wants_fragment
 from ...transports.base import TransportError
-from .. import concurrency, pages, types
+from .. import concurrency, mail_sign_in, pages, types
 from ..forms import AccountForm, normalised_by
 from ..scope import AccountScope
 
@@ -225,7 +225,9 @@ def _start_sign_in(scope, purpose: str, address: str, account_id: int | None = N
         url = mailboxes.start_sign_in(
             purpose=purpose,
             address=address,
-            redirect_uri=external_url(scope.endpoint("microsoft365_sign_in_callback")),
+            redirect_uri=pages.external_url(
+                scope.endpoint("microsoft365_sign_in_callback")
+            ),
             account_id=account_id,
         )
     except TransportError as error:
@@ -372,18 +374,6 @@ def _render_connect(scope, form):
     )
 
 
-def external_url(endpoint: str, **values) -> str:
-    """Return the absolute URL that Microsoft sends the browser back to.
-
-    PUBLIC_URL wins when set, because behind a proxy the request's own host
-    may not be the address registered in the app registration.
-    """
-    public = current_app.config.get("PUBLIC_URL", "")
-    if public:
-        return public + url_for(endpoint, **values)
-    return url_for(endpoint, _external=True, **values)
-
-
 # -- extra routes ---------------------------------------------------------------
 
 
@@ -411,6 +401,8 @@ def search_mailboxes(scope: AccountScope):
 
 def sign_in_callback(scope: AccountScope):
     """Finish a staff member's Microsoft sign-in: connect, reconnect or convert."""
+    if mail_sign_in.owns_callback():
+        return mail_sign_in.finish()
     try:
         signed_in = mailboxes.finish_sign_in(request.args)
         account = None

@@ -1,0 +1,322 @@
+"""An Internet account linked to a Google sign-in: SMTP and IMAP with XOAUTH2."""
+
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.integrations import google as google_integration
+from portal.models import AuditEvent, EmailAccount, OutboxMessage
+from portal.services import delivery, sending
+from portal.services.access import StaffPrincipal
+from portal.services.delivery import DeliveryPolicy
+from tests.conftest import HTMX, version_fields
+from tests.oauth2.conftest import GLOBAL, PERSONAL, follow_sign_in, oauth_form, query
+from tests.servers.dovecot import GMAIL_SCOPE, OAUTH2_USERNAME
+from tests.web.test_accounts import account_form
+
+NEW = f"{PERSONAL}/new/internet"
+FAST = DeliveryPolicy(first_retry_seconds=0.0, max_retry_seconds=0.0, timeout=5.0)
+
+
+def save_and_sign_in(client, form, url=NEW):
+    """Save the form, follow the sign-in with Google; return the portal's last answer."""
+    response = client.post(url, data=form)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client.get(follow_sign_in(response.headers["Location"]))
+
+
+def the_account() -> EmailAccount:
+    db.session.expire_all()
+    return db.session.scalars(select(EmailAccount)).one()
+
+
+def edit_url(account: EmailAccount, base=PERSONAL) -> str:
+    return f"{base}/{account.id}"
+
+
+@pytest.fixture
+def linked(staff_client, google_sign_in, gmail_smtp, certificates):
+    """A staff member's Internet account signed in with Google as carol."""
+    response = save_and_sign_in(staff_client, oauth_form(gmail_smtp, certificates))
+    account = the_account()
+    assert response.headers["Location"].endswith(edit_url(account))
+    return account
+
+
+def test_save_sends_the_browser_to_google_with_the_mail_scope(
+    staff_client, google_sign_in, gmail_smtp, certificates
+):
+    response = staff_client.post(NEW, data=oauth_form(gmail_smtp, certificates))
+    location = response.headers["Location"]
+    assert location.startswith(google_sign_in.auth_url)
+    params = query(location)
+    assert GMAIL_SCOPE in params["scope"].split()
+    assert params["login_hint"] == OAUTH2_USERNAME
+    assert params["code_challenge_method"] == "S256"
+    assert params["access_type"] == "offline"
+    account = the_account()
+    assert account.settings["smtp"]["auth"] == "oauth2-google"
+    assert "refresh_token" not in account.secret_names()
+
+
+def test_sign_in_is_stored_and_shown(staff_client, linked, google_fake):
+    account = linked
+    assert "refresh_token" in account.secret_names()
+    assert account.settings["oauth"]["identity"] == OAUTH2_USERNAME
+    page = staff_client.get(edit_url(account)).get_data(as_text=True)
+    assert f"Signed in with Google as {OAUTH2_USERNAME}" in page
+    assert 'name="smtp_password"' not in page
+    for refresh_token in google_fake.refresh_tokens:
+        assert refresh_token not in page
+    listing = staff_client.get(PERSONAL).get_data(as_text=True)
+    assert "OAuth2 with Google" in listing
+
+
+def test_test_send_signs_in_with_xoauth2(
+    staff_client, linked, gmail_smtp, certificates
+):
+    form = oauth_form(gmail_smtp, certificates, action="test-send")
+    fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "Test send succeeded" in fragment, fragment
+    (received,) = gmail_smtp.messages
+    assert received.login == OAUTH2_USERNAME
+    assert received.encrypted
+
+
+def test_test_read_signs_in_to_dovecot_with_xoauth2(
+    staff_client, linked, gmail_smtp, certificates, dovecot_oauth2
+):
+    form = oauth_form(
+        gmail_smtp,
+        certificates,
+        read_protocol="imap",
+        read_host=dovecot_oauth2.host,
+        read_port=str(dovecot_oauth2.imaps_port),
+        read_security="ssl",
+        action="test-read",
+    )
+    fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "Test read succeeded" in fragment, fragment
+    assert "3 messages" in fragment or "3 message" in fragment
+
+
+def test_token_without_the_scope_is_refused_with_the_scope_named(
+    staff_client, linked, gmail_smtp, certificates, dovecot_oauth2, google_fake
+):
+    # The grant loses the mail scope, as when the person unticks it.
+    for grant in google_fake.refresh_tokens.values():
+        if grant["subject"] == OAUTH2_USERNAME:
+            grant["scopes"] = frozenset({"openid", "email"})
+    google_integration.clear_token_cache()
+    form = oauth_form(
+        gmail_smtp,
+        certificates,
+        read_protocol="imap",
+        read_host=dovecot_oauth2.host,
+        read_port=str(dovecot_oauth2.imaps_port),
+        read_security="ssl",
+    )
+    # Gmail's challenge names its scope; Dovecot 2.3's names "mail".
+    for action, scope in (("test-send", GMAIL_SCOPE), ("test-read", "mail")):
+        fragment = staff_client.post(
+            edit_url(linked), data={**form, "action": action}, headers=HTMX
+        ).get_data(as_text=True)
+        assert "failed at the authentication step" in fragment, fragment
+        assert f"it asks for the scope {scope}," in fragment
+        assert "Save and sign in with Google again" in fragment
+        assert 'value="oauth-sign-in"' in fragment
+    assert gmail_smtp.messages == []
+
+
+def test_revoked_grant_marks_the_account_reconnect_needed(
+    staff_client, linked, gmail_smtp, certificates, google_fake
+):
+    google_fake.revoke_grants(OAUTH2_USERNAME)
+    google_integration.clear_token_cache()
+    form = oauth_form(gmail_smtp, certificates, action="test-send")
+    fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "revoked or has expired" in fragment
+    assert "Save and sign in with Google again" in fragment
+    assert the_account().settings["reconnect_needed"] is True
+    listing = staff_client.get(PERSONAL).get_data(as_text=True)
+    assert "Reconnect needed" in listing
+    page = staff_client.get(edit_url(linked)).get_data(as_text=True)
+    assert "Reconnect needed:" in page
+
+    # Signing in again clears the flag and sending works again.
+    page = staff_client.get(edit_url(linked)).get_data(as_text=True)
+    response = save_and_sign_in(
+        staff_client,
+        oauth_form(
+            gmail_smtp, certificates, action="oauth-sign-in", **version_fields(page)
+        ),
+        edit_url(linked),
+    )
+    assert response.status_code == 302
+    assert the_account().settings["reconnect_needed"] is False
+    fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "Test send succeeded" in fragment
+
+
+def test_delivery_signs_in_with_the_stored_grant(linked, gmail_smtp, staff, app):
+    account = the_account()
+    sending.queue_message(
+        StaffPrincipal(staff.id),
+        account.id,
+        sending.Draft(to=["customer@example.net"], subject="Your ticket", body="Hi"),
+    )
+    db.session.commit()
+    assert delivery.run_once("test-worker", FAST) == 1
+    (received,) = gmail_smtp.messages
+    assert received.login == OAUTH2_USERNAME
+    row = db.session.scalars(select(OutboxMessage)).one()
+    assert row.status == "sent"
+
+
+def test_delivery_of_a_revoked_grant_fails_with_the_reason(
+    linked, gmail_smtp, staff, google_fake
+):
+    google_fake.revoke_grants(OAUTH2_USERNAME)
+    google_integration.clear_token_cache()
+    sending.queue_message(
+        StaffPrincipal(staff.id),
+        linked.id,
+        sending.Draft(to=["customer@example.net"], subject="Your ticket", body="Hi"),
+    )
+    db.session.commit()
+    delivery.run_once("test-worker", FAST)
+    row = db.session.scalars(select(OutboxMessage)).one()
+    assert row.status == "failed"
+    assert "revoked or has expired" in row.last_error
+    assert gmail_smtp.messages == []
+    assert the_account().settings["reconnect_needed"] is True
+
+
+def test_sign_in_as_someone_else_is_refused(
+    staff_client, google_sign_in, gmail_smtp, certificates
+):
+    google_sign_in.add_user("mallory@portal.test", "Mallory")
+    google_sign_in.sign_in_as = "mallory@portal.test"
+    response = save_and_sign_in(staff_client, oauth_form(gmail_smtp, certificates))
+    account = the_account()
+    assert response.headers["Location"].endswith(edit_url(account))
+    page = staff_client.get(edit_url(account)).get_data(as_text=True)
+    assert "You signed in to Google as mallory@portal.test" in page
+    assert "refresh_token" not in account.secret_names()
+    refused = db.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "account.oauth.connect")
+    ).one()
+    assert refused.outcome == "failure"
+
+
+def test_changing_the_user_name_drops_the_sign_in(
+    staff_client, linked, gmail_smtp, certificates
+):
+    page = staff_client.get(edit_url(linked)).get_data(as_text=True)
+    form = oauth_form(
+        gmail_smtp,
+        certificates,
+        smtp_username="other@portal.test",
+        **version_fields(page),
+    )
+    response = staff_client.post(edit_url(linked), data=form)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("http://127.0.0.1")
+    account = the_account()
+    assert "refresh_token" not in account.secret_names()
+    assert "oauth" not in account.settings
+
+
+def test_test_before_the_sign_in_says_what_to_do(
+    staff_client, google_sign_in, gmail_smtp, certificates
+):
+    form = oauth_form(gmail_smtp, certificates, action="test-send")
+    response = staff_client.post(NEW, data=form, headers=HTMX)
+    page = response.get_data(as_text=True)
+    assert response.headers["HX-Retarget"] == "#account-form"
+    assert "Press Save and sign in with Google first" in page
+    assert gmail_smtp.messages == []
+
+
+def test_oauth2_needs_the_google_client(staff_client, app, gmail_smtp, certificates):
+    response = staff_client.post(NEW, data=oauth_form(gmail_smtp, certificates))
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Signing in with Google is not set up" in page
+    assert db.session.scalars(select(EmailAccount)).all() == []
+
+
+def test_oauth2_reads_over_imap_only(
+    staff_client, google_sign_in, gmail_smtp, certificates
+):
+    form = oauth_form(
+        gmail_smtp,
+        certificates,
+        read_protocol="pop3",
+        read_host="127.0.0.1",
+        read_port="995",
+    )
+    page = staff_client.post(NEW, data=form).get_data(as_text=True)
+    assert "OAuth2 sign-in reads mail over IMAP. Choose IMAP." in page
+
+
+def test_choosing_oauth2_swaps_the_password_fields(staff_client, google_sign_in):
+    form = account_form(smtp_auth="oauth2-google", action="show-auth")
+    fragment = staff_client.post(NEW, data=form, headers=HTMX).get_data(as_text=True)
+    assert 'name="smtp_password"' not in fragment
+    assert 'name="read_password"' not in fragment
+    assert "Save and sign in with Google" in fragment
+    assert "Google&#39;s OAuth2 tokens are accepted by Gmail" in fragment
+
+
+def test_tokens_stay_out_of_pages_and_logs(
+    staff_client, linked, gmail_smtp, certificates, google_fake, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    form = oauth_form(gmail_smtp, certificates, action="test-send")
+    fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
+        as_text=True
+    )
+    assert "Test send succeeded" in fragment
+    # The fake's own request log shows tokens in URLs, as Google's would.
+    portal_log = "\n".join(
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("portal")
+    )
+    assert "signed in to" in portal_log
+    secrets = list(google_fake.refresh_tokens) + list(google_fake.access_tokens)
+    for secret in secrets:
+        assert secret not in fragment
+        assert secret not in portal_log
+
+
+def test_administrator_links_a_global_account(
+    admin_client, google_sign_in, gmail_smtp, certificates
+):
+    form = oauth_form(gmail_smtp, certificates, security="everyone")
+    response = save_and_sign_in(admin_client, form, f"{GLOBAL}/new/internet")
+    account = the_account()
+    assert account.owner_id is None
+    assert response.headers["Location"].endswith(edit_url(account, GLOBAL))
+    assert account.settings["oauth"]["identity"] == OAUTH2_USERNAME
+
+
+def test_callback_with_a_foreign_state_changes_nothing(
+    staff_client, google_sign_in, gmail_smtp, certificates
+):
+    response = staff_client.post(NEW, data=oauth_form(gmail_smtp, certificates))
+    assert response.status_code == 302
+    answer = staff_client.get(f"{PERSONAL}/google/callback?state=forged&code=anything")
+    assert answer.status_code == 302
+    assert "refresh_token" not in the_account().secret_names()
