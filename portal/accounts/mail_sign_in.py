@@ -1,6 +1,6 @@
 """The pages of an Internet account's OAuth2 sign-in (SMTP and IMAP with XOAUTH2).
 
-A save of an account set to OAuth2 that holds no usable sign-in sends the
+A save of an account set to OAuth2 that has no usable sign-in sends the
 browser to Google or Microsoft. The provider returns to the redirect URI
 registered for personal mailboxes of that provider; its callback hands the
 round trip back here when the session says it started here.

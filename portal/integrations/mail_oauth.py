@@ -1,6 +1,6 @@
 """OAuth2 sign-in for Internet accounts that use SMTP and IMAP with XOAUTH2.
 
-An Internet account whose authentication is OAuth2 holds the refresh token of
+An Internet account whose authentication is OAuth2 keeps the refresh token of
 one sign-in with Google or Microsoft, made by the person who set the account
 up, as the account's SMTP user name. Before each connection the portal trades
 that refresh token for an access token, which SMTP and IMAP receive through
@@ -455,7 +455,7 @@ def with_access_token(settings: ServerEndpoint, account: EmailAccount | None):
         raise TransportError(
             Step.AUTHENTICATION,
             "The account has not been signed in yet.",
-            "Press Save and sign in, sign in, then test again.",
+            "Press Save and sign in, then test again.",
             sign_in_again=True,
         )
     return dataclasses.replace(settings, oauth_token=access_token(account))

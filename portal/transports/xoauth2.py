@@ -1,9 +1,9 @@
 """SASL XOAUTH2, the OAuth2 sign-in of Gmail and Microsoft 365 for SMTP and IMAP.
 
 The client sends the user name and an access token in one initial response.
-A server that refuses the token answers with a challenge holding a JSON
+A server that rejects the token responds with a challenge containing a JSON
 object, such as ``{"status":"400","schemes":"Bearer","scope":"..."}``, and
-expects an empty line back before it sends the final failure. The scope in
+expects an empty line before it sends the final failure. The scope in
 that object names the permission the token needed, which is what the person
 fixing the account has to know.
 """
@@ -26,7 +26,7 @@ def initial_response(username: str, token: str) -> bytes:
 
 
 def parse_challenge(data: bytes | str) -> dict:
-    """Decode an error challenge; an unreadable one gives an empty mapping.
+    """Decode an error challenge. An unreadable one gives an empty mapping.
 
     ``data`` is the challenge as sent (base64) or already decoded.
     """
@@ -54,7 +54,7 @@ def token_refused(
     """Return the failure for a server that refused the access token.
 
     The challenge's ``scope`` is reported as the permission the sign-in
-    needs; signing in again with it granted is the fix.
+    needs, because signing in again with it granted is the fix.
     """
     scope = str(challenge.get("scope") or "").strip()
     status = str(challenge.get("status") or "").strip()

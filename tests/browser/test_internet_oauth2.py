@@ -55,7 +55,7 @@ def test_choose_oauth2_sign_in_and_test_send(
     page.get_by_label("Friendly name").fill("Gmail by token")
 
     page.get_by_role("button", name="Save and sign in with Google").click()
-    # The fake's sign-in page answers at once and sends the browser back.
+    # The fake's sign-in page responds at once and sends the browser back.
     expect(page.locator(".flash").last).to_contain_text(
         f"Signed in with Google as {OAUTH2_USERNAME}"
     )

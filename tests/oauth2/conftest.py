@@ -1,7 +1,7 @@
 """Internet accounts that sign in to SMTP and IMAP with XOAUTH2.
 
 The portal points at the session's Google fake, the same one the Dovecot of
-``dovecot_oauth2`` asks about tokens, and at the Microsoft fake.
+``dovecot_oauth2`` checks tokens with, and at the Microsoft fake.
 """
 
 from urllib.parse import parse_qs, urlsplit

@@ -21,10 +21,23 @@ FAST = DeliveryPolicy(first_retry_seconds=0.0, max_retry_seconds=0.0, timeout=5.
 
 
 def save_and_sign_in(client, form, url=NEW):
-    """Save the form, follow the sign-in with Google; return the portal's last answer."""
+    """Save the form, follow the sign-in with Google; return the portal's last response."""
     response = client.post(url, data=form)
     assert response.status_code == 302, response.get_data(as_text=True)
     return client.get(follow_sign_in(response.headers["Location"]))
+
+
+def imap_form(server, certificates, dovecot, **overrides):
+    """The form of an account that sends through ``server`` and reads from Dovecot."""
+    return oauth_form(
+        server,
+        certificates,
+        read_protocol="imap",
+        read_host=dovecot.host,
+        read_port=str(dovecot.imaps_port),
+        read_security="ssl",
+        **overrides,
+    )
 
 
 def the_account() -> EmailAccount:
@@ -90,20 +103,12 @@ def test_test_send_signs_in_with_xoauth2(
 def test_test_read_signs_in_to_dovecot_with_xoauth2(
     staff_client, linked, gmail_smtp, certificates, dovecot_oauth2
 ):
-    form = oauth_form(
-        gmail_smtp,
-        certificates,
-        read_protocol="imap",
-        read_host=dovecot_oauth2.host,
-        read_port=str(dovecot_oauth2.imaps_port),
-        read_security="ssl",
-        action="test-read",
-    )
+    form = imap_form(gmail_smtp, certificates, dovecot_oauth2, action="test-read")
     fragment = staff_client.post(edit_url(linked), data=form, headers=HTMX).get_data(
         as_text=True
     )
     assert "Test read succeeded" in fragment, fragment
-    assert "3 messages" in fragment or "3 message" in fragment
+    assert "3 messages" in fragment
 
 
 def test_token_without_the_scope_is_refused_with_the_scope_named(
@@ -114,14 +119,7 @@ def test_token_without_the_scope_is_refused_with_the_scope_named(
         if grant["subject"] == OAUTH2_USERNAME:
             grant["scopes"] = frozenset({"openid", "email"})
     google_integration.clear_token_cache()
-    form = oauth_form(
-        gmail_smtp,
-        certificates,
-        read_protocol="imap",
-        read_host=dovecot_oauth2.host,
-        read_port=str(dovecot_oauth2.imaps_port),
-        read_security="ssl",
-    )
+    form = imap_form(gmail_smtp, certificates, dovecot_oauth2)
     # Gmail's challenge names its scope; Dovecot 2.3's names "mail".
     for action, scope in (("test-send", GMAIL_SCOPE), ("test-read", "mail")):
         fragment = staff_client.post(

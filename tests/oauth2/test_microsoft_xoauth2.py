@@ -24,7 +24,14 @@ def the_account() -> EmailAccount:
     return db.session.scalars(select(EmailAccount)).one()
 
 
-def test_sign_in_asks_for_smtp_and_imap_and_sends(
+def save_and_sign_in(client, server, certificates) -> EmailAccount:
+    """Save a new account signing in as Alice and finish the sign-in."""
+    response = client.post(NEW, data=microsoft_form(server, certificates))
+    client.get(follow_sign_in(response.headers["Location"]))
+    return the_account()
+
+
+def test_microsoft_sign_in_then_send(
     staff_client, microsoft_sign_in, outlook_smtp, certificates
 ):
     response = staff_client.post(NEW, data=microsoft_form(outlook_smtp, certificates))
@@ -76,9 +83,7 @@ def test_sign_in_as_another_user_is_refused(
 def test_revoked_sessions_mark_the_account_reconnect_needed(
     staff_client, microsoft_sign_in, outlook_smtp, certificates
 ):
-    response = staff_client.post(NEW, data=microsoft_form(outlook_smtp, certificates))
-    staff_client.get(follow_sign_in(response.headers["Location"]))
-    account = the_account()
+    account = save_and_sign_in(staff_client, outlook_smtp, certificates)
     microsoft_sign_in.revoke_sign_ins(ALICE)
     CACHE.clear()
     form = microsoft_form(outlook_smtp, certificates, action="test-send")
@@ -99,9 +104,7 @@ def test_smtp_refusal_names_the_scope(
         certificate=certificates.server,
         token_check=lambda user, token: "https://outlook.office.com/SMTP.Send",
     )
-    response = staff_client.post(NEW, data=microsoft_form(refusing, certificates))
-    staff_client.get(follow_sign_in(response.headers["Location"]))
-    account = the_account()
+    account = save_and_sign_in(staff_client, refusing, certificates)
     form = microsoft_form(refusing, certificates, action="test-send")
     fragment = staff_client.post(
         f"{PERSONAL}/{account.id}", data=form, headers=HTMX

@@ -534,9 +534,12 @@ class ConvertOffer:
 def convert_offer(
     scope: AccountScope, account: EmailAccount | None
 ) -> ConvertOffer | None:
-    """Return the warning and Convert offer of a saved Internet account on a Microsoft 365 host."""
+    """Return the warning and Convert offer of a saved Internet account on a
+    Microsoft 365 host that signs in with a password."""
     host = mailboxes.microsoft365_host(account) if account is not None else ""
-    if not host:
+    if not host or account_service.oauth_provider(
+        (account.settings.get("smtp") or {}).get("auth")
+    ):
         return None
     available = availability(scope)
     return ConvertOffer(
