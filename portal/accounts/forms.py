@@ -200,10 +200,15 @@ class InternetAccountForm(AccountForm):
         return ok
 
     def validate_read_settings(self) -> bool:
-        ok = self._run_validators(READ_FIELDS + ("trusted_fingerprint",))
+        """Validate the fields a test read needs; OAuth2 reads need the sign-in's too."""
+        names = READ_FIELDS + ("trusted_fingerprint", "smtp_auth")
+        if self.oauth_provider:
+            names += ("smtp_username",)
+        ok = self._run_validators(names)
         if not self.read_protocol.data:
             self.read_protocol.errors.append("Choose IMAP or POP3 to test reading.")
             ok = False
+        ok = self._check_oauth_fields() and ok
         return self._check_required_read_fields() and ok
 
     def validate_all(self, include_security: bool = False) -> bool:
@@ -233,19 +238,7 @@ class InternetAccountForm(AccountForm):
         ok = self._require(self.email_address, "Enter the account's email address.")
         ok = self._require(self.smtp_host, "Enter the SMTP server's host name.") and ok
         ok = self._require(self.smtp_port, "Enter the SMTP port, usually 587.") and ok
-        provider = self.oauth_provider
-        if provider:
-            ok = (
-                self._require(
-                    self.smtp_username,
-                    "Enter the address to sign in as, usually the email address.",
-                )
-                and ok
-            )
-            problem = mail_oauth.setup_problem(provider)
-            if problem:
-                self.smtp_auth.errors.append(problem)
-                ok = False
+        ok = self._check_oauth_fields() and ok
         if self.smtp_auth.data == AUTH_PASSWORD:
             ok = (
                 self._require(
@@ -258,6 +251,21 @@ class InternetAccountForm(AccountForm):
                 ok = False
         if include_read and self.read_protocol.data:
             ok = self._check_required_read_fields() and ok
+        return ok
+
+    def _check_oauth_fields(self) -> bool:
+        """Require the user name to sign in as and a provider that is set up."""
+        provider = self.oauth_provider
+        if not provider or self.smtp_auth.errors:
+            return True
+        ok = self._require(
+            self.smtp_username,
+            "Enter the address to sign in as, usually the email address.",
+        )
+        problem = mail_oauth.setup_problem(provider)
+        if problem:
+            self.smtp_auth.errors.append(problem)
+            ok = False
         return ok
 
     def _check_required_read_fields(self) -> bool:

@@ -22,14 +22,16 @@ SECRET_NAMES = ("smtp_password", "read_password")
 AUTH_PASSWORD = "password"  # noqa: S105 (a choice's name, not a password)
 AUTH_NONE = "none"
 OAUTH_PREFIX = "oauth2-"
+OAUTH_PROVIDERS = ("google", "microsoft")
 OAUTH_REFRESH_TOKEN = "refresh_token"  # noqa: S105 (the name of the stored secret)
 
 
 def oauth_provider(auth: str | None) -> str | None:
     """Return "google" or "microsoft" for an OAuth2 choice, else None."""
-    if isinstance(auth, str) and auth.startswith(OAUTH_PREFIX):
-        return auth.removeprefix(OAUTH_PREFIX)
-    return None
+    if not isinstance(auth, str) or not auth.startswith(OAUTH_PREFIX):
+        return None
+    provider = auth.removeprefix(OAUTH_PREFIX)
+    return provider if provider in OAUTH_PROVIDERS else None
 
 
 class AccountError(ValueError):

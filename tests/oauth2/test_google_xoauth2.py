@@ -318,3 +318,24 @@ def test_callback_with_a_foreign_state_changes_nothing(
     answer = staff_client.get(f"{PERSONAL}/google/callback?state=forged&code=anything")
     assert answer.status_code == 302
     assert "refresh_token" not in the_account().secret_names()
+
+
+def test_test_read_without_a_user_name_is_a_field_error(
+    staff_client, linked, gmail_smtp, certificates, dovecot_oauth2
+):
+    form = imap_form(
+        gmail_smtp, certificates, dovecot_oauth2, smtp_username="", action="test-read"
+    )
+    response = staff_client.post(edit_url(linked), data=form, headers=HTMX)
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "Enter the address to sign in as" in page
+
+
+def test_unknown_provider_is_an_invalid_choice(staff_client, google_sign_in):
+    form = account_form(
+        smtp_auth="oauth2-evil", action="test-read", read_protocol="imap"
+    )
+    response = staff_client.post(NEW, data=form, headers=HTMX)
+    assert response.status_code == 200
+    assert "Not a valid choice" in response.get_data(as_text=True)
