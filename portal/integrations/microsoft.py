@@ -59,6 +59,9 @@ class Cloud:
 # The sign-in and Graph root endpoints of each cloud, from Microsoft Graph's
 # "national cloud deployments" page, and the Exchange Online resource whose
 # scopes SMTP and IMAP sign-in with OAuth2 need.
+# NOTE: only the global cloud's Exchange Online resource has been checked
+# against Microsoft's documentation; the US Government and China values are
+# their clouds' Outlook hosts and have not been tried.
 CLOUDS = {
     cloud.key: cloud
     for cloud in (
