@@ -1093,12 +1093,15 @@ def exchange_code(
     redirect_uri: str,
     expected_address: str,
     required_scopes: tuple[str, ...],
+    button: str = "Connect",
+    address_field: str = "the address",
 ) -> PersonalGrant:
     """Trade the authorization code for tokens and check who signed in.
 
     Raises TransportError when Google refuses, when no refresh token comes
     back, when the signed-in address is not ``expected_address``, or when
-    the person left a required scope unticked on the consent screen.
+    the person left a required scope unticked on the consent screen. The
+    advice names the page's sign-in ``button`` and its ``address_field``.
     """
     session = _oauth_session(client, timeout=_timeout(), redirect_uri=redirect_uri)
     try:
@@ -1115,7 +1118,7 @@ def exchange_code(
         raise TransportError(
             Step.AUTHENTICATION,
             "Google did not accept the sign-in.",
-            "Press Connect again. If it keeps failing, an administrator should "
+            f"Press {button} again. If it keeps failing, an administrator should "
             "check the OAuth client on the Google Workspace integration page.",
             reply=reply,
         ) from None
@@ -1123,21 +1126,21 @@ def exchange_code(
         raise TransportError(
             Step.AUTHENTICATION,
             "Google's answer to the sign-in could not be read.",
-            "Press Connect again.",
+            f"Press {button} again.",
         ) from None
     except requests.RequestException as error:
         raise _unreachable(error, "completing the sign-in") from None
     finally:
         session.close()
 
-    email = _id_token_email(token.get("id_token", ""), client.client_id)
+    email = _id_token_email(token.get("id_token", ""), client.client_id, button)
     if email.lower() != expected_address.lower():
         raise TransportError(
             Step.AUTHENTICATION,
             f"You signed in to Google as {email}, but this account is for "
             f"{expected_address}.",
-            f"Press Connect again and choose {expected_address} on Google's "
-            "screen, or change the address on the form.",
+            f"Press {button} again and choose {expected_address} on Google's "
+            f"screen, or change {address_field} on the form.",
         )
     granted = tuple(str(token.get("scope", "")).split())
     missing = [scope for scope in required_scopes if scope not in granted]
@@ -1145,20 +1148,20 @@ def exchange_code(
         raise TransportError(
             Step.AUTHENTICATION,
             f"Google's consent left out {', '.join(missing)}.",
-            "Press Connect again and tick every permission Google shows.",
+            f"Press {button} again and tick every permission Google shows.",
         )
     refresh_token = token.get("refresh_token", "")
     if not refresh_token:
         raise TransportError(
             Step.AUTHENTICATION,
             "Google did not issue a refresh token, so the portal could not send later.",
-            "Press Connect again. If it keeps happening, remove the portal's "
+            f"Press {button} again. If it keeps happening, remove the portal's "
             "access in your Google account's security settings and connect again.",
         )
     return PersonalGrant(email=email, scopes=granted, refresh_token=refresh_token)
 
 
-def _id_token_email(id_token: str, client_id: str) -> str:
+def _id_token_email(id_token: str, client_id: str, button: str) -> str:
     """Return the verified address in the ID token from the token endpoint.
 
     The token came straight from Google's token endpoint over TLS, so, as
@@ -1169,7 +1172,7 @@ def _id_token_email(id_token: str, client_id: str) -> str:
     failure = TransportError(
         Step.AUTHENTICATION,
         "Google's answer did not say which address signed in.",
-        "Press Connect again. An administrator should check that the OAuth "
+        f"Press {button} again. An administrator should check that the OAuth "
         "client is of the Web application type.",
     )
     if not id_token:

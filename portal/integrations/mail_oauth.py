@@ -20,6 +20,7 @@ here back to ``finish_sign_in``.
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from authlib.common.security import generate_token
@@ -27,6 +28,7 @@ from flask import current_app, session
 from flask_login import current_user
 
 from .. import crypto, presets
+from ..extensions import db
 from ..models import EmailAccount
 from ..services import audit
 from ..services.accounts import (
@@ -282,6 +284,8 @@ def _finish_google(pending: Pending, code: str) -> Link:
         redirect_uri=pending.redirect_uri,
         expected_address=pending.username,
         required_scopes=(GOOGLE_SCOPE,),
+        button="Save and sign in with Google",
+        address_field="the SMTP user name",
     )
     return Link(GOOGLE, grant.email, grant.scopes, grant.refresh_token)
 
@@ -386,11 +390,12 @@ def _sign_in_missing(account: EmailAccount, reason: str) -> TransportError:
     )
 
 
-def access_token(account: EmailAccount) -> str:
+def access_token(account: EmailAccount, *, force_refresh: bool = False) -> str:
     """Return a current access token for a saved OAuth2 Internet account.
 
-    A revoked or expired grant marks the account *Reconnect needed*. Raises
-    TransportError; runs in an app context with a database session.
+    ``force_refresh`` skips the cached token, which the server rejected. A
+    revoked or expired grant marks the account *Reconnect needed*. Raises
+    TransportError, and runs in an app context with a database session.
     """
     provider = oauth_provider(_auth(account))
     if account.settings.get("reconnect_needed"):
@@ -404,15 +409,21 @@ def access_token(account: EmailAccount) -> str:
     if not refresh_token or not identity:
         raise _sign_in_missing(account, "The account has not been signed in yet.")
     if provider == GOOGLE:
-        return _google_token(account, identity, refresh_token)
+        return _google_token(account, identity, refresh_token, force_refresh)
     if provider == MICROSOFT:
+        if force_refresh:
+            CACHE.forget(lambda key: key == _cache_key(account.id))
         return _microsoft_token(account, refresh_token)
     raise TransportError(Step.AUTHENTICATION, "The account does not use OAuth2.")
 
 
-def _google_token(account: EmailAccount, identity: str, refresh_token: str) -> str:
+def _google_token(
+    account: EmailAccount, identity: str, refresh_token: str, force_refresh: bool
+) -> str:
     try:
-        return google.personal_tokens(identity, refresh_token).access_token()
+        return google.personal_tokens(identity, refresh_token).access_token(
+            force_refresh=force_refresh
+        )
     except google.GrantRevoked as error:
         google.mark_reconnect_needed(account, error)
         raise _sign_in_missing(account, error.summary) from None
@@ -458,4 +469,33 @@ def with_access_token(settings: ServerEndpoint, account: EmailAccount | None):
             "Press Save and sign in, then test again.",
             sign_in_again=True,
         )
-    return dataclasses.replace(settings, oauth_token=access_token(account))
+    return dataclasses.replace(
+        settings,
+        oauth_token=access_token(account),
+        oauth_refresh=_refresher(account),
+    )
+
+
+def _refresher(account: EmailAccount) -> Callable[[], str]:
+    """Return a function that fetches a new access token for ``account``.
+
+    The transports call it from any thread after a server rejects a cached
+    token, so it opens an app context of its own and commits what the
+    refresh changed (a rotated refresh token, or *Reconnect needed*).
+    """
+    app = current_app._get_current_object()
+    account_id = account.id
+
+    def refresh() -> str:
+        with app.app_context():
+            row = db.session.get(EmailAccount, account_id)
+            if row is None:
+                raise TransportError(
+                    Step.AUTHENTICATION, "The account was deleted during the send."
+                )
+            try:
+                return access_token(row, force_refresh=True)
+            finally:
+                db.session.commit()
+
+    return refresh

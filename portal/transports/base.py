@@ -3,6 +3,7 @@
 import base64
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -56,6 +57,12 @@ class ServerEndpoint:
     # An OAuth2 access token: when set, sign-in uses SASL XOAUTH2 with
     # ``username`` and this token instead of the password.
     oauth_token: str = field(default="", repr=False)
+    # Returns a new access token, for one more try after the server rejects
+    # ``oauth_token`` (a cached token can be revoked before it expires).
+    # It blocks, so async code calls it in a thread.
+    oauth_refresh: Callable[[], str] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ what to do. Timeouts, lost connections and [UNAVAILABLE] replies are temporary.
 
 import ast
 import contextlib
+import dataclasses
 import imaplib
 import logging
 import socket
@@ -258,14 +259,34 @@ class _Session:
     def _sign_in_with_token(self, client: _IMAPClient, capabilities) -> None:
         """Sign in with AUTHENTICATE XOAUTH2.
 
-        IMAPClient's oauth2_login answers the error challenge of a refused
+        IMAPClient's oauth2_login answers the error challenge of a rejected
         token with the token again instead of the empty line, so the exchange
         goes through imaplib's authenticate with a callable that does both.
+        A rejected token is replaced once through ``oauth_refresh``.
         NOTE: uses IMAPClient._imap, the imaplib connection inside the client.
         """
         settings = self.settings
         if b"AUTH=XOAUTH2" not in capabilities:
             raise xoauth2.not_offered(settings.host, settings.port, "IMAP")
+        refresh = settings.oauth_refresh
+        while True:
+            failure = self._try_token(client)
+            if failure is None:
+                return
+            if failure.temporary or refresh is None:
+                raise failure
+            log.info(
+                "%s rejected the access token of %s; fetching a new one",
+                settings.host,
+                settings.username,
+            )
+            token = refresh()
+            refresh = None
+            self.settings = settings = dataclasses.replace(settings, oauth_token=token)
+
+    def _try_token(self, client: _IMAPClient) -> TransportError | None:
+        """Send AUTHENTICATE XOAUTH2 once; return None on success, else the failure."""
+        settings = self.settings
         exchange = xoauth2.ImapExchange(settings.username, settings.oauth_token)
         try:
             client._imap.authenticate(xoauth2.MECHANISM, exchange)
@@ -273,13 +294,14 @@ class _Session:
             raise
         except imaplib.IMAP4.error as error:
             text = str(error)
-            raise xoauth2.token_refused(
+            return xoauth2.token_refused(
                 settings.host,
                 settings.username,
                 exchange.challenge or {},
                 reply=text,
                 temporary="[UNAVAILABLE]" in text,
-            ) from None
+            )
+        return None
 
     def _check_pinned_certificate(self) -> None:
         tls_socket = self._checked_client().socket()

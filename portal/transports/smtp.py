@@ -11,6 +11,7 @@ temporary; 5xx replies and configuration errors are permanent.
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import logging
 import socket
@@ -289,15 +290,41 @@ class SmtpConnection:
         log.info("signed in to %s as %s", settings.host, settings.username)
 
     async def _sign_in_with_token(self, client: _SMTP) -> None:
-        """Sign in with AUTH XOAUTH2, reading the error challenge of a refused token.
+        """Sign in with AUTH XOAUTH2, reading the error challenge of a rejected token.
 
         aiosmtplib's own auth_xoauth2 discards that challenge, and with it the
-        scope the server asked for, so the exchange is done here.
+        scope the server requested, so the exchange is done here. A rejected
+        token is replaced once through ``oauth_refresh``, and AUTH is tried
+        again on the same connection, as RFC 4954 allows.
         """
         settings = self.settings
         if "xoauth2" not in client.server_auth_methods:
             raise xoauth2.not_offered(settings.host, settings.port, "SMTP")
         self._activity = SIGNING_IN
+        refresh = settings.oauth_refresh
+        while True:
+            failure = await self._try_token(client)
+            if failure is None:
+                log.info(
+                    "signed in to %s with OAuth2 as %s",
+                    settings.host,
+                    settings.username,
+                )
+                return
+            if failure.temporary or refresh is None:
+                raise failure
+            log.info(
+                "%s rejected the access token of %s; fetching a new one",
+                settings.host,
+                settings.username,
+            )
+            token = await asyncio.to_thread(refresh)
+            refresh = None
+            self.settings = settings = dataclasses.replace(settings, oauth_token=token)
+
+    async def _try_token(self, client: _SMTP) -> TransportError | None:
+        """Send AUTH XOAUTH2 once; return None on success, else the failure."""
+        settings = self.settings
         response = await client.execute_command(
             b"AUTH",
             xoauth2.MECHANISM.encode("ascii"),
@@ -307,15 +334,15 @@ class SmtpConnection:
         if response.code == aiosmtplib.SMTPStatus.auth_continue:
             challenge = xoauth2.parse_challenge(response.message)
             response = await client.execute_command(b"")
-        if response.code != aiosmtplib.SMTPStatus.auth_successful:
-            raise xoauth2.token_refused(
-                settings.host,
-                settings.username,
-                challenge,
-                reply=f"{response.code} {response.message}".strip(),
-                temporary=400 <= response.code < 500,
-            )
-        log.info("signed in to %s with OAuth2 as %s", settings.host, settings.username)
+        if response.code == aiosmtplib.SMTPStatus.auth_successful:
+            return None
+        return xoauth2.token_refused(
+            settings.host,
+            settings.username,
+            challenge,
+            reply=f"{response.code} {response.message}".strip(),
+            temporary=400 <= response.code < 500,
+        )
 
     def _check_pinned_certificate(self) -> None:
         ssl_object = self._checked_client().get_transport_info("ssl_object")

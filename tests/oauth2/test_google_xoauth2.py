@@ -339,3 +339,10 @@ def test_unknown_provider_is_an_invalid_choice(staff_client, google_sign_in):
     response = staff_client.post(NEW, data=form, headers=HTMX)
     assert response.status_code == 200
     assert "Not a valid choice" in response.get_data(as_text=True)
+
+
+def test_choosing_oauth2_before_setup_says_so(staff_client):
+    form = account_form(smtp_auth="oauth2-google", action="show-auth")
+    fragment = staff_client.post(NEW, data=form, headers=HTMX).get_data(as_text=True)
+    assert "Signing in with Google is not set up" in fragment
+    assert "Save and sign in with Google" not in fragment

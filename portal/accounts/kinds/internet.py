@@ -225,6 +225,7 @@ def _sign_in_context(account: EmailAccount | None, form: InternetAccountForm) ->
     return {
         "sign_in": {
             "label": mail_oauth.provider_label(provider),
+            "problem": mail_oauth.setup_problem(provider),
             "identity": identity if stored.get("provider") == provider else "",
             "reconnect_needed": bool(
                 account and account.settings.get("reconnect_needed")
