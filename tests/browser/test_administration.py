@@ -47,6 +47,9 @@ def test_permission_editor_and_preview(page, live_server):
     expect(access).to_contain_text("0 staff members may use")
 
     page.get_by_label("Name to search for").fill("second")
+    # The button searches too. The search as you type can miss a value filled
+    # in before htmx has set up the panel it just swapped in.
+    access.get_by_role("button", name="Search", exact=True).click()
     candidates = page.locator("#grant-candidates")
     expect(candidates).to_contain_text("Second line")
     candidates.get_by_role("button", name="Add skillgroup Second line").click()
