@@ -128,11 +128,18 @@ def xoauth2_string(username: str, token: str) -> bytes:
     return f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
 
 
+# Secrets at least this long are also looked for across reply lines; a
+# shorter one would match ordinary text by chance.
+_SPLIT_ECHO_MIN = 12
+
+
 def hide_secret(error: TransportError, settings: ServerEndpoint) -> TransportError:
     """Return ``error`` with every trace of the password or token replaced by asterisks.
 
     A server may echo what it received, so this also removes the base64 forms
-    that AUTH PLAIN, AUTH LOGIN and AUTH XOAUTH2 send.
+    that AUTH PLAIN, AUTH LOGIN and AUTH XOAUTH2 send. A text that still
+    contains a long secret once its line breaks and spaces are removed (an
+    echo split over several reply lines) is replaced as a whole.
     """
     username, password, token = (
         settings.username,
@@ -158,6 +165,9 @@ def hide_secret(error: TransportError, settings: ServerEndpoint) -> TransportErr
     def scrub(text: str) -> str:
         for form in forms:
             text = text.replace(form, "********")
+        joined = "".join(text.split())
+        if any(len(form) >= _SPLIT_ECHO_MIN and form in joined for form in forms):
+            return "(not shown: it repeated the password or token)"
         return text
 
     return TransportError(

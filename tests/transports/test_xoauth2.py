@@ -167,3 +167,24 @@ def test_smtp_server_without_xoauth2_says_so(smtp_server, certificates):
         smtp.send_message(settings, message, cafile=str(certificates.ca_path))
     assert "does not offer OAuth2 sign-in (XOAUTH2) for SMTP" in caught.value.summary
     assert server.messages == []
+
+
+def test_hide_secret_catches_an_echo_split_over_lines():
+    settings = ReadSettings(
+        host="smtp.example.com",
+        port=587,
+        security=Security.STARTTLS,
+        username="agent@example.com",
+        oauth_token=TOKEN,
+    )
+    encoded = xoauth2.initial_response("agent@example.com", TOKEN).decode()
+    middle = len(encoded) // 2
+    error = TransportError(
+        Step.AUTHENTICATION,
+        "refused",
+        reply=f"5.7.8 {encoded[:middle]}\n{encoded[middle:]} not accepted",
+    )
+    hidden = hide_secret(error, settings)
+    assert encoded[:middle] not in hidden.reply
+    assert "not shown" in hidden.reply
+    assert hidden.summary == "refused"
