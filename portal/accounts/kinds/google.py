@@ -381,8 +381,8 @@ def _complete_sign_in(scope: AccountScope):
     pending = session.pop(PENDING_SIGN_IN, None)
     if not pending or request.args.get("state") != pending.get("state"):
         flash(
-            "This Google sign-in was not started here or has already been used. "
-            "Press Connect Google mailbox again.",
+            "This Google sign-in was not started here or has already been used, "
+            "so nothing was changed. Open the account and start the sign-in again.",
             "error",
         )
         return redirect(scope.url("list_accounts"))
