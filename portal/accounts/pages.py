@@ -2,8 +2,10 @@
 the response after a save."""
 
 import logging
+from collections.abc import Callable
 
 from flask import current_app, flash, redirect, url_for
+from flask_htmx import make_response
 from flask_login import current_user
 
 from ..models import EmailAccount
@@ -30,6 +32,22 @@ def page_context(
         context["action_url"] = scope.url("edit_account", account_id=account.id)
     context["account"] = account
     return context
+
+
+TEST_NOT_RUN = "The test did not run. Correct the fields marked below."
+
+
+def form_with_errors(form, render: Callable[[], str], message: str = TEST_NOT_RUN):
+    """Return the whole form with ``message`` above its field errors.
+
+    A test's result normally replaces only its result panel, so an htmx
+    request is retargeted at the form: field errors belong beside the fields.
+    """
+    form.form_errors.append(message)
+    page = render()
+    if wants_fragment():
+        return make_response(page, retarget="#account-form", reswap="outerHTML")
+    return page
 
 
 def saved_response(scope: AccountScope, account: EmailAccount, created: bool):

@@ -181,6 +181,27 @@ def hide_secret(error: TransportError, settings: ServerEndpoint) -> TransportErr
     )
 
 
+def reported(
+    logger: logging.Logger,
+    protocol: str,
+    failure: TransportError,
+    settings: ServerEndpoint,
+    cause: BaseException | None = None,
+) -> TransportError:
+    """Return ``failure`` without the password or token, after logging it once."""
+    failure = hide_secret(failure, settings)
+    logger.warning(
+        "%s %s port %d failed at step %s: %s%s",
+        protocol,
+        settings.host,
+        settings.port,
+        failure.step,
+        failure.summary,
+        f" ({type(cause).__name__})" if cause else "",
+    )
+    return failure
+
+
 def host_not_found(host: str, error: socket.gaierror) -> TransportError:
     """Return the failure for a host name that DNS cannot resolve."""
     # EAI_AGAIN is a temporary DNS failure, so a retry may succeed.

@@ -20,9 +20,8 @@ from .base import (
     Step,
     TransportError,
     connection_failed,
-    hide_secret,
     open_connection,
-    timed_out,
+    reported,
 )
 
 log = logging.getLogger(__name__)
@@ -227,18 +226,8 @@ class _Session:
     def report(
         self, failure: TransportError, cause: BaseException | None = None
     ) -> TransportError:
-        """Strip the password from ``failure`` and log it."""
-        settings = self.settings
-        failure = hide_secret(failure, settings)
-        log.warning(
-            "POP3 %s port %d failed at step %s: %s%s",
-            settings.host,
-            settings.port,
-            failure.step,
-            failure.summary,
-            f" ({type(cause).__name__})" if cause else "",
-        )
-        return failure
+        """Strip the password or token from ``failure`` and log it."""
+        return reported(log, "POP3", failure, self.settings, cause)
 
     def classify(self, error: poplib.error_proto | OSError) -> TransportError:
         """Turn a poplib or socket error into the failure shown to the user."""
@@ -252,15 +241,12 @@ class _Session:
             return failure
 
         if isinstance(error, TimeoutError):
-            if (
-                self.activity == WAITING_FOR_GREETING
-                and settings.security is not Security.SSL
-                and tls.speaks_implicit_tls(host, port, settings.timeout)
-            ):
-                return tls.implicit_tls_port_error(
-                    host, port, POP3_PORTS, settings.security
-                )
-            return timed_out(host, port, settings.timeout, self.activity)
+            return tls.silence_failure(
+                settings,
+                POP3_PORTS,
+                self.activity,
+                waiting_for_greeting=self.activity == WAITING_FOR_GREETING,
+            )
 
         if isinstance(error, OSError):
             if isinstance(error, ConnectionError):

@@ -35,8 +35,8 @@ from .base import (
     Step,
     TransportError,
     connection_failed,
-    hide_secret,
     host_not_found,
+    reported,
     timed_out,
 )
 
@@ -486,18 +486,8 @@ class SmtpConnection:
     def _report(
         self, failure: TransportError, cause: BaseException | None = None
     ) -> TransportError:
-        """Strip the password from ``failure`` and log it."""
-        settings = self.settings
-        failure = hide_secret(failure, settings)
-        log.warning(
-            "SMTP %s port %d failed at step %s: %s%s",
-            settings.host,
-            settings.port,
-            failure.step,
-            failure.summary,
-            f" ({type(cause).__name__})" if cause else "",
-        )
-        return failure
+        """Strip the password or token from ``failure`` and log it."""
+        return reported(log, "SMTP", failure, self.settings, cause)
 
     async def _classify(self, error: Exception) -> TransportError:
         """Turn an aiosmtplib or socket error into the failure shown to the user."""
@@ -519,17 +509,13 @@ class SmtpConnection:
         if isinstance(error, TimeoutError) or isinstance(
             error.__cause__, ConnectionAbortedError
         ):
-            if (
-                self._activity == WAITING_FOR_GREETING
-                and settings.security is not Security.SSL
-                and await asyncio.to_thread(
-                    tls.speaks_implicit_tls, host, port, settings.timeout
-                )
-            ):
-                return tls.implicit_tls_port_error(
-                    host, port, SMTP_PORTS, settings.security
-                )
-            return timed_out(host, port, settings.timeout, self._activity)
+            return await asyncio.to_thread(
+                tls.silence_failure,
+                settings,
+                SMTP_PORTS,
+                self._activity,
+                waiting_for_greeting=self._activity == WAITING_FOR_GREETING,
+            )
 
         if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
             return _recipients_error(error.recipients, settings.use_auth)

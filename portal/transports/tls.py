@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .base import CertificateInfo, Security, Step, TransportError, open_connection
+from .base import (
+    CertificateInfo,
+    Security,
+    ServerEndpoint,
+    Step,
+    TransportError,
+    open_connection,
+    timed_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -358,3 +366,26 @@ def implicit_tls_port_error(
         f"Choose SSL/TLS security for port {port}, or STARTTLS security with the "
         f"{ports.protocol} STARTTLS port {ports.starttls}.",
     )
+
+
+def silence_failure(
+    settings: ServerEndpoint,
+    ports: WellKnownPorts,
+    activity: str,
+    *,
+    waiting_for_greeting: bool,
+) -> TransportError:
+    """Return the failure for a server that went silent during ``activity``.
+
+    A silent greeting on a connection without implicit TLS often means an
+    implicit-TLS port, which a short probe handshake confirms. It blocks, so
+    async code calls it in a thread.
+    """
+    host, port = settings.host, settings.port
+    if (
+        waiting_for_greeting
+        and settings.security is not Security.SSL
+        and speaks_implicit_tls(host, port, settings.timeout)
+    ):
+        return implicit_tls_port_error(host, port, ports, settings.security)
+    return timed_out(host, port, settings.timeout, activity)

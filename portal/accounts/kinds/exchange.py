@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from flask import current_app, render_template, request
-from flask_htmx import make_response
 from flask_login import current_user
 from wtforms import (
     BooleanField,
@@ -384,11 +383,9 @@ def _password(state: _State) -> str:
 
 def _invalid(scope: AccountScope, state: _State, message: str):
     """Return the whole form with its field errors, retargeted for htmx."""
-    state.form.form_errors.append(message)
-    page = _render_form(scope, state)
-    if wants_fragment():
-        return make_response(page, retarget="#account-form", reswap="outerHTML")
-    return page
+    return pages.form_with_errors(
+        state.form, lambda: _render_form(scope, state), message
+    )
 
 
 def _outbound_policy(scope: AccountScope):
@@ -557,9 +554,7 @@ def _run_test(scope: AccountScope, state: _State, action: str):
     if action == "test-send":
         valid = form.validate_test_destination() and valid
     if not valid:
-        return _invalid(
-            scope, state, "The test did not run. Correct the fields marked below."
-        )
+        return _invalid(scope, state, pages.TEST_NOT_RUN)
 
     ratelimits.consume_test(current_user.id, _rate_key(state))
     kind = testing.SEND if action == "test-send" else testing.READ
@@ -636,7 +631,7 @@ def _test_send(state: _State, settings: ews.ExchangeSettings) -> testing.TestOut
             error.step,
             error.summary,
         )
-        return _failure(testing.SEND, error)
+        return testing.failed_outcome(testing.SEND, error)
 
     if not settings.from_address:
         sent_as = f"from {settings.mailbox}"
@@ -666,7 +661,7 @@ def _test_read(state: _State, settings: ews.ExchangeSettings) -> testing.TestOut
             error.step,
             error.summary,
         )
-        return _failure(testing.READ, error)
+        return testing.failed_outcome(testing.READ, error)
     count = result.message_count
     noun = "message" if count == 1 else "messages"
     return testing.TestOutcome(
@@ -676,18 +671,6 @@ def _test_read(state: _State, settings: ews.ExchangeSettings) -> testing.TestOut
             f"Signed in and opened the inbox of {settings.mailbox}: {count} {noun}, "
             f"{result.unread_count} unread."
         ),
-    )
-
-
-def _failure(kind: str, error: TransportError) -> testing.TestOutcome:
-    return testing.TestOutcome(
-        kind=kind,
-        ok=False,
-        summary=error.summary,
-        advice=error.advice,
-        reply=error.reply,
-        step=str(error.step),
-        certificate=error.certificate,
     )
 
 

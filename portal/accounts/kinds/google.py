@@ -221,17 +221,7 @@ def _run_test(
             form.mailbox.errors.append(error)
             valid = False
     if not valid:
-        # Field errors belong beside the fields, so the whole form is swapped.
-        form.form_errors.append(
-            "The test did not run. Correct the fields marked below."
-        )
-        if wants_fragment():
-            return make_response(
-                _render_form(scope, account, form),
-                retarget="#account-form",
-                reswap="outerHTML",
-            )
-        return _render_form(scope, account, form)
+        return pages.form_with_errors(form, lambda: _render_form(scope, account, form))
 
     account_id = account.id if account else None
     ratelimits.consume_test(

@@ -3,7 +3,6 @@
 import logging
 
 from flask import current_app, flash, render_template, request
-from flask_htmx import make_response
 from flask_login import current_user
 
 from ... import crypto, ratelimits
@@ -118,18 +117,7 @@ def _run_test(
             valid = False
 
     if not valid:
-        # Field errors belong beside the fields, so the whole form is swapped.
-        form.form_errors.append(
-            "The test did not run. Correct the fields marked below."
-        )
-        if wants_fragment():
-            response = make_response(
-                _render_form(scope, account, form),
-                retarget="#account-form",
-                reswap="outerHTML",
-            )
-            return response
-        return _render_form(scope, account, form)
+        return pages.form_with_errors(form, lambda: _render_form(scope, account, form))
 
     ratelimits.consume_test(
         current_user.id,

@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass
 
 from flask import abort, flash, redirect, render_template, request, url_for
-from flask_htmx import make_response
 from flask_login import current_user
 from markupsafe import Markup
 from wtforms import EmailField, HiddenField
@@ -290,16 +289,7 @@ def _run_test(scope, account, form, action: str):
     if action == "test-send":
         valid = form.validate_test_destination() and valid
     if not valid:
-        form.form_errors.append(
-            "The test did not run. Correct the fields marked below."
-        )
-        if wants_fragment():
-            return make_response(
-                _render_form(scope, account, form),
-                retarget="#account-form",
-                reswap="outerHTML",
-            )
-        return _render_form(scope, account, form)
+        return pages.form_with_errors(form, lambda: _render_form(scope, account, form))
 
     ratelimits.consume_test(
         current_user.id, str(account.id) if account else f"new:{form.mailbox.data}"
