@@ -2,8 +2,8 @@
 
 A save of an account set to OAuth2 that has no usable sign-in sends the
 browser to Google or Microsoft. The provider returns to the redirect URI
-registered for personal mailboxes of that provider; its callback hands the
-round trip back here when the session says it started here.
+registered for personal mailboxes of that provider. Its callback hands the
+round trip back here when the session shows that it started here.
 """
 
 import logging
@@ -16,7 +16,7 @@ from ..extensions import db
 from ..integrations import mail_oauth
 from ..models import EmailAccount
 from ..services import audit
-from ..services.accounts import oauth_identity, oauth_provider
+from ..services.accounts import oauth_identity, oauth_provider, sign_in_fits
 from ..templating import wants_fragment
 from ..transports.base import TransportError
 from . import pages
@@ -44,12 +44,14 @@ def needs_sign_in(account: EmailAccount) -> bool:
     smtp = account.settings.get("smtp") or {}
     if not oauth_provider(smtp.get("auth")):
         return False
-    identity = oauth_identity(account)
-    return (
-        not identity
-        or identity.lower() != str(smtp.get("username", "")).lower()
-        or bool(account.settings.get("reconnect_needed"))
+    link = account.settings.get("oauth") or {}
+    fits = sign_in_fits(
+        link.get("provider"),
+        oauth_identity(account),
+        smtp.get("auth"),
+        smtp.get("username"),
     )
+    return not fits or bool(account.settings.get("reconnect_needed"))
 
 
 def start(scope: AccountScope, account: EmailAccount):
@@ -102,17 +104,18 @@ def finish():
             current_user.id,
             error.summary,
         )
-        _audit_refusal(account, error.summary)
+        _audit_failed_sign_in(account, error.summary)
         flash(f"{error.summary} {error.advice}".strip(), "error")
         return redirect(edit_url)
 
     smtp = account.settings.get("smtp") or {}
-    if (
-        oauth_provider(smtp.get("auth")) != link.provider
-        or str(smtp.get("username", "")).lower() != link.identity.lower()
+    if not sign_in_fits(
+        link.provider, link.identity, smtp.get("auth"), smtp.get("username")
     ):
         # The account changed while the sign-in was under way.
-        _audit_refusal(account, f"signed in as {link.identity}; the account changed")
+        _audit_failed_sign_in(
+            account, f"signed in as {link.identity}; the account changed"
+        )
         flash(
             "The account's authentication or user name changed during the sign-in, "
             "so the sign-in was not kept. Press Save and sign in again.",
@@ -131,7 +134,7 @@ def finish():
     return redirect(edit_url)
 
 
-def _audit_refusal(account: EmailAccount, detail: str) -> None:
+def _audit_failed_sign_in(account: EmailAccount, detail: str) -> None:
     audit.record(
         "account.oauth.connect",
         object_type="account",

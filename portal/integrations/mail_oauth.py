@@ -8,13 +8,13 @@ SASL XOAUTH2. No mailbox password is stored.
 
 Google issues the token for https://mail.google.com/, the only Gmail scope
 that SMTP and IMAP accept. Microsoft issues it for Exchange Online's
-SMTP.Send and IMAP.AccessAsUser.All with the app registration of the
-Microsoft 365 integration; its refresh tokens rotate, so each new one
-replaces the stored one.
+SMTP.Send and IMAP.AccessAsUser.All, with the app registration of the
+Microsoft 365 integration. Microsoft's refresh tokens rotate, so each new
+one replaces the stored one.
 
 The sign-in reuses the redirect URIs already registered for personal Google
-and Microsoft 365 mailboxes; the callbacks there hand a round trip started
-here back to ``finish_sign_in``.
+and Microsoft 365 mailboxes. Their callbacks hand a round trip started here
+to ``take_pending`` and ``redeem``.
 """
 
 import dataclasses
@@ -214,12 +214,9 @@ def start_sign_in(
 
 def owns(args) -> bool:
     """Return whether a callback's ``state`` belongs to a round trip started here."""
-    pending = session.get(SIGN_IN_KEY)
-    return (
-        bool(pending)
-        and bool(args.get("state"))
-        and (args.get("state") == pending.get("state"))
-    )
+    pending = session.get(SIGN_IN_KEY) or {}
+    state = args.get("state")
+    return bool(state) and state == pending.get("state")
 
 
 def take_pending(args) -> Pending:
@@ -300,32 +297,38 @@ def _finish_microsoft(pending: Pending, code: str) -> Link:
         redirect_uri=pending.redirect_uri,
         scope=microsoft_scope(settings),
     )
-    # The ID token came straight from the token endpoint over TLS, so its
-    # claims are read without checking the signature (OpenID Connect Core
-    # 1.0, section 3.1.3.7); the audience and expiry are still checked.
+
+    # The ID token came straight from the token endpoint over TLS, so OpenID
+    # Connect Core 1.0 section 3.1.3.7 lets TLS replace the signature check.
+    # The audience and expiry are still checked.
     claims = token_claims(token.get("id_token", ""))
     audience = claims.get("aud")
     if audience != app.client_id or float(claims.get("exp", 0)) < time.time():
         raise TransportError(
             Step.AUTHENTICATION,
-            "Microsoft's answer did not say who signed in.",
-            "Press the sign-in button again. If it keeps failing, an "
+            "Microsoft's response did not name who signed in.",
+            "Press Save and sign in with Microsoft again. If it keeps failing, an "
             "administrator checks that the app registration allows the openid, "
             "profile and email permissions.",
         )
+
     names = {
         str(claims.get(name) or "").lower()
         for name in ("preferred_username", "email", "upn")
     } - {""}
-    who = claims.get("preferred_username") or claims.get("email") or "another user"
+    signed_in_as = (
+        claims.get("preferred_username") or claims.get("email") or "another user"
+    )
     if pending.username.lower() not in names:
         raise TransportError(
             Step.AUTHENTICATION,
-            f"You signed in to Microsoft as {who}, but the account signs in as "
-            f"{pending.username}. Nothing was changed.",
-            f"Press the sign-in button again and sign in as {pending.username}; if "
-            "Microsoft signs you in automatically, choose Use another account.",
+            f"You signed in to Microsoft as {signed_in_as}, but the account signs "
+            f"in as {pending.username}. Nothing was changed.",
+            f"Press Save and sign in with Microsoft again and sign in as "
+            f"{pending.username}. If Microsoft signs you in automatically, choose "
+            "Use another account.",
         )
+
     if not token.get("refresh_token"):
         raise TransportError(
             Step.AUTHENTICATION,

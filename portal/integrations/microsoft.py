@@ -60,8 +60,8 @@ class Cloud:
 # "national cloud deployments" page, and the Exchange Online resource whose
 # scopes SMTP and IMAP sign-in with OAuth2 need.
 # NOTE: only the global cloud's Exchange Online resource has been checked
-# against Microsoft's documentation; the US Government and China values are
-# their clouds' Outlook hosts and have not been tried.
+# against Microsoft's documentation. The US Government and China values are
+# their clouds' Outlook hosts, and no sign-in has tried them.
 CLOUDS = {
     cloud.key: cloud
     for cloud in (

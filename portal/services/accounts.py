@@ -196,12 +196,12 @@ def _keep_or_drop_sign_in(account: EmailAccount, previous: dict, form) -> None:
     Any other change removes the stored refresh token, because it signs in
     someone else, or to another provider, than the form now names.
     """
-    provider = oauth_provider(form.smtp_auth.data)
     link = previous.get("oauth") or {}
-    if (
-        provider
-        and link.get("provider") == provider
-        and str(link.get("identity", "")).lower() == form.smtp_username.data.lower()
+    if sign_in_fits(
+        link.get("provider"),
+        str(link.get("identity", "")),
+        form.smtp_auth.data,
+        form.smtp_username.data,
     ):
         account.settings = {
             **account.settings,
@@ -213,6 +213,20 @@ def _keep_or_drop_sign_in(account: EmailAccount, previous: dict, form) -> None:
     if link or OAUTH_REFRESH_TOKEN in account.secret_names():
         log.info("Account %s: the stored OAuth2 sign-in no longer applies", account.id)
     set_secret(account, OAUTH_REFRESH_TOKEN, None)
+
+
+def sign_in_fits(
+    provider: str | None, identity: str, auth: str | None, username: str | None
+) -> bool:
+    """Return whether a sign-in with ``provider`` as ``identity`` serves an
+    account whose authentication is ``auth`` and user name ``username``."""
+    expected = oauth_provider(auth)
+    return (
+        expected is not None
+        and provider == expected
+        and bool(identity)
+        and identity.lower() == (username or "").lower()
+    )
 
 
 def oauth_identity(account: EmailAccount) -> str:

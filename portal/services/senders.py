@@ -28,8 +28,8 @@ def opener_for(account: EmailAccount) -> SenderOpener:
 
 
 class Unavailable:
-    """What an opener returns when it cannot prepare a connection: entering
-    raises ``error``, so each message gets it as its outcome."""
+    """A connection that an opener could not prepare. Entering it raises
+    ``error``, so each message gets that error as its outcome."""
 
     def __init__(self, error: TransportError) -> None:
         self.error = error

@@ -258,7 +258,7 @@ class _Session:
     def _sign_in_with_token(self, client: _IMAPClient, capabilities) -> None:
         """Sign in with AUTHENTICATE XOAUTH2.
 
-        IMAPClient's oauth2_login answers the error challenge of a rejected
+        IMAPClient's oauth2_login replies to the error challenge of a rejected
         token with the token again instead of the empty line, so the exchange
         goes through imaplib's authenticate with a callable that does both.
         A rejected token is replaced once through ``oauth_refresh``.
@@ -293,7 +293,7 @@ class _Session:
             raise
         except imaplib.IMAP4.error as error:
             text = str(error)
-            return xoauth2.token_refused(
+            return xoauth2.token_rejected(
                 settings.host,
                 settings.username,
                 exchange.challenge or {},

@@ -336,7 +336,7 @@ class SmtpConnection:
             response = await client.execute_command(b"")
         if response.code == aiosmtplib.SMTPStatus.auth_successful:
             return None
-        return xoauth2.token_refused(
+        return xoauth2.token_rejected(
             settings.host,
             settings.username,
             challenge,

@@ -43,7 +43,7 @@ def parse_challenge(data: bytes | str) -> dict:
     return challenge if isinstance(challenge, dict) else {}
 
 
-def token_refused(
+def token_rejected(
     host: str,
     username: str,
     challenge: dict,
@@ -51,7 +51,7 @@ def token_refused(
     reply: str = "",
     temporary: bool = False,
 ) -> TransportError:
-    """Return the failure for a server that refused the access token.
+    """Return the failure for a server that rejected the access token.
 
     The challenge's ``scope`` is reported as the permission the sign-in
     needs, because signing in again with it granted is the fix.
@@ -102,8 +102,8 @@ class ImapExchange:
     """The callable that imaplib's ``authenticate`` calls for each server continuation.
 
     The first continuation gets the initial response. A later one is the
-    error challenge: it is kept in ``challenge`` and answered with the empty
-    line the protocol expects.
+    error challenge, which is kept in ``challenge``, and the reply to it is
+    the empty line the protocol expects.
     """
 
     def __init__(self, username: str, token: str) -> None:

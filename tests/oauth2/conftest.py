@@ -103,7 +103,7 @@ def oauth_form(server, certificates, provider="google", **overrides):
 
 
 def follow_sign_in(location: str) -> str:
-    """Let the fake's sign-in page answer; return the portal path it sends the browser to."""
+    """Let the fake's sign-in page respond, and return the portal path it sends the browser to."""
     response = requests.get(location, allow_redirects=False, timeout=5)
     assert response.status_code == 302, response.text
     return response.headers["Location"].removeprefix("http://localhost")

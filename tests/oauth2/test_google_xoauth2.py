@@ -58,7 +58,7 @@ def linked(staff_client, google_sign_in, gmail_smtp, certificates):
     return account
 
 
-def test_save_sends_the_browser_to_google_with_the_mail_scope(
+def test_save_redirects_to_google(
     staff_client, google_sign_in, gmail_smtp, certificates
 ):
     response = staff_client.post(NEW, data=oauth_form(gmail_smtp, certificates))
@@ -111,7 +111,7 @@ def test_test_read_signs_in_to_dovecot_with_xoauth2(
     assert "3 messages" in fragment
 
 
-def test_token_without_the_scope_is_refused_with_the_scope_named(
+def test_token_without_scope_rejected(
     staff_client, linked, gmail_smtp, certificates, dovecot_oauth2, google_fake
 ):
     # The grant loses the mail scope, as when the person unticks it.
@@ -181,9 +181,7 @@ def test_delivery_signs_in_with_the_stored_grant(linked, gmail_smtp, staff, app)
     assert row.status == "sent"
 
 
-def test_delivery_of_a_revoked_grant_fails_with_the_reason(
-    linked, gmail_smtp, staff, google_fake
-):
+def test_delivery_revoked_grant_fails(linked, gmail_smtp, staff, google_fake):
     google_fake.revoke_grants(OAUTH2_USERNAME)
     google_integration.clear_token_cache()
     sending.queue_message(
@@ -211,10 +209,10 @@ def test_sign_in_as_someone_else_is_refused(
     page = staff_client.get(edit_url(account)).get_data(as_text=True)
     assert "You signed in to Google as mallory@portal.test" in page
     assert "refresh_token" not in account.secret_names()
-    refused = db.session.scalars(
+    failed_sign_in = db.session.scalars(
         select(AuditEvent).where(AuditEvent.action == "account.oauth.connect")
     ).one()
-    assert refused.outcome == "failure"
+    assert failed_sign_in.outcome == "failure"
 
 
 def test_changing_the_user_name_drops_the_sign_in(
@@ -235,9 +233,7 @@ def test_changing_the_user_name_drops_the_sign_in(
     assert "oauth" not in account.settings
 
 
-def test_test_before_the_sign_in_says_what_to_do(
-    staff_client, google_sign_in, gmail_smtp, certificates
-):
+def test_test_before_sign_in(staff_client, google_sign_in, gmail_smtp, certificates):
     form = oauth_form(gmail_smtp, certificates, action="test-send")
     response = staff_client.post(NEW, data=form, headers=HTMX)
     page = response.get_data(as_text=True)
@@ -320,7 +316,7 @@ def test_callback_with_a_foreign_state_changes_nothing(
     assert "refresh_token" not in the_account().secret_names()
 
 
-def test_test_read_without_a_user_name_is_a_field_error(
+def test_test_read_without_user_name(
     staff_client, linked, gmail_smtp, certificates, dovecot_oauth2
 ):
     form = imap_form(

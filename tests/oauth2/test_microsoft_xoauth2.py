@@ -65,7 +65,8 @@ def test_microsoft_sign_in_then_send(
     (received,) = outlook_smtp.messages
     assert received.login == ALICE
     rotated = get_secret(the_account(), "refresh_token")
-    assert rotated and rotated != first_refresh_token
+    assert rotated
+    assert rotated != first_refresh_token
 
 
 def test_sign_in_as_another_user_is_refused(
@@ -99,16 +100,16 @@ def test_revoked_sessions_mark_the_account_reconnect_needed(
 def test_smtp_refusal_names_the_scope(
     staff_client, microsoft_sign_in, smtp_server, certificates
 ):
-    refusing = smtp_server(
+    rejecting_server = smtp_server(
         tls="starttls",
         certificate=certificates.server,
         token_check=lambda user, token: "https://outlook.office.com/SMTP.Send",
     )
-    account = save_and_sign_in(staff_client, refusing, certificates)
-    form = microsoft_form(refusing, certificates, action="test-send")
+    account = save_and_sign_in(staff_client, rejecting_server, certificates)
+    form = microsoft_form(rejecting_server, certificates, action="test-send")
     fragment = staff_client.post(
         f"{PERSONAL}/{account.id}", data=form, headers=HTMX
     ).get_data(as_text=True)
     assert "asks for the scope https://outlook.office.com/SMTP.Send" in fragment
     assert "535" in fragment
-    assert refusing.messages == []
+    assert rejecting_server.messages == []

@@ -191,9 +191,8 @@ def _sign_in_problem(account: EmailAccount | None, form: InternetAccountForm) ->
     stored = (account.settings.get("oauth") or {}).get("provider")
     if not identity:
         return f"The account has not been signed in yet. Press Save and sign in with {label}."
-    if (
-        stored != form.oauth_provider
-        or identity.lower() != form.smtp_username.data.lower()
+    if not account_service.sign_in_fits(
+        stored, identity, form.smtp_auth.data, form.smtp_username.data
     ):
         return (
             f"The stored sign-in is with {mail_oauth.provider_label(stored)} as "
@@ -288,7 +287,7 @@ def _summary(account: EmailAccount) -> str:
 
 
 def _open_sender(account: EmailAccount, timeout: float):
-    """The delivery opener of Internet accounts.
+    """Open the delivery connection of an Internet account.
 
     An OAuth2 account's access token is fetched here, in the worker's thread
     with its database session, so a revoked grant flags the account at once.
