@@ -29,7 +29,7 @@ def google_for_live_server(live_server, google_fake):
     integration.clear_token_cache()
 
 
-def test_choose_oauth2_sign_in_and_test_send(
+def test_oauth2_sign_in_then_send(
     page, google_for_live_server, smtp_server, certificates
 ):
     server = smtp_server(

@@ -100,7 +100,7 @@ def test_test_send_signs_in_with_xoauth2(
     assert received.encrypted
 
 
-def test_test_read_signs_in_to_dovecot_with_xoauth2(
+def test_test_read_dovecot_xoauth2(
     staff_client, linked, gmail_smtp, certificates, dovecot_oauth2
 ):
     form = imap_form(gmail_smtp, certificates, dovecot_oauth2, action="test-read")
@@ -132,7 +132,7 @@ def test_token_without_scope_rejected(
     assert gmail_smtp.messages == []
 
 
-def test_revoked_grant_marks_the_account_reconnect_needed(
+def test_revoked_grant_reconnect_needed(
     staff_client, linked, gmail_smtp, certificates, google_fake
 ):
     google_fake.revoke_grants(OAUTH2_USERNAME)
@@ -166,7 +166,7 @@ def test_revoked_grant_marks_the_account_reconnect_needed(
     assert "Test send succeeded" in fragment
 
 
-def test_delivery_signs_in_with_the_stored_grant(linked, gmail_smtp, staff, app):
+def test_delivery_uses_stored_grant(linked, gmail_smtp, staff, app):
     account = the_account()
     sending.queue_message(
         StaffPrincipal(staff.id),
@@ -198,7 +198,7 @@ def test_delivery_revoked_grant_fails(linked, gmail_smtp, staff, google_fake):
     assert the_account().settings["reconnect_needed"] is True
 
 
-def test_sign_in_as_someone_else_is_refused(
+def test_sign_in_as_other_rejected(
     staff_client, google_sign_in, gmail_smtp, certificates
 ):
     google_sign_in.add_user("mallory@portal.test", "Mallory")
@@ -215,7 +215,7 @@ def test_sign_in_as_someone_else_is_refused(
     assert failed_sign_in.outcome == "failure"
 
 
-def test_changing_the_user_name_drops_the_sign_in(
+def test_user_name_change_drops_sign_in(
     staff_client, linked, gmail_smtp, certificates
 ):
     page = staff_client.get(edit_url(linked)).get_data(as_text=True)
@@ -273,7 +273,7 @@ def test_choosing_oauth2_swaps_the_password_fields(staff_client, google_sign_in)
     assert "Google&#39;s OAuth2 tokens are accepted by Gmail" in fragment
 
 
-def test_tokens_stay_out_of_pages_and_logs(
+def test_tokens_not_in_pages_or_logs(
     staff_client, linked, gmail_smtp, certificates, google_fake, caplog
 ):
     caplog.set_level(logging.DEBUG)
@@ -306,7 +306,7 @@ def test_administrator_links_a_global_account(
     assert account.settings["oauth"]["identity"] == OAUTH2_USERNAME
 
 
-def test_callback_with_a_foreign_state_changes_nothing(
+def test_callback_foreign_state_ignored(
     staff_client, google_sign_in, gmail_smtp, certificates
 ):
     response = staff_client.post(NEW, data=oauth_form(gmail_smtp, certificates))

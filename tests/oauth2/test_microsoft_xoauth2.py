@@ -69,7 +69,7 @@ def test_microsoft_sign_in_then_send(
     assert rotated != first_refresh_token
 
 
-def test_sign_in_as_another_user_is_refused(
+def test_sign_in_as_other_rejected(
     staff_client, microsoft_sign_in, outlook_smtp, certificates
 ):
     microsoft_sign_in.sign_in_as = "bob@contoso.com"
@@ -81,7 +81,7 @@ def test_sign_in_as_another_user_is_refused(
     assert "refresh_token" not in account.secret_names()
 
 
-def test_revoked_sessions_mark_the_account_reconnect_needed(
+def test_revoked_sessions_reconnect_needed(
     staff_client, microsoft_sign_in, outlook_smtp, certificates
 ):
     account = save_and_sign_in(staff_client, outlook_smtp, certificates)

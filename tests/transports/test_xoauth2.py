@@ -31,7 +31,7 @@ def test_initial_response_follows_the_published_format():
     )
 
 
-def test_challenge_is_read_from_base64_or_plain_json():
+def test_challenge_base64_or_json():
     body = {"status": "400", "schemes": "Bearer", "scope": "https://mail.google.com/"}
     encoded = base64.b64encode(json.dumps(body).encode()).decode()
     assert xoauth2.parse_challenge(encoded) == body
@@ -171,7 +171,7 @@ def test_smtp_server_without_xoauth2_says_so(smtp_server, certificates):
     assert server.messages == []
 
 
-def test_hide_secret_catches_an_echo_split_over_lines():
+def test_hide_secret_split_echo():
     settings = ReadSettings(
         host="smtp.example.com",
         port=587,
